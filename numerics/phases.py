@@ -1,0 +1,221 @@
+"""Phase times ``t_A`` and ``t_B`` measured on a trajectory of ``W_tot``.
+
+Definitions, shared by every method so that they compare like with like:
+
+* The leading modality ``l`` (the one with the larger ``||Sigma_yl||``) is
+  learned when its block of ``W_tot`` reaches half of its unimodal value
+  ``Sigma_yl Sigma_l^-1`` (for early fusion, ``L_f = 1``, half of its value at
+  ``M_*``, because early fusion has no unimodal plateau).
+* The trailing modality is learned when its block reaches half of its value
+  at ``M_*``.
+* For matrix-valued blocks, "reaches half" means that the projection of the
+  block on its target, divided by the target's squared Frobenius norm, reaches
+  ``1/2``.
+
+``t_a`` and ``t_b`` always refer to modalities A and B; ``time_ratio`` is the
+trailing time over the leading time, so it is at least 1 whenever both are
+reached in order. Time is in units of ``tau`` (learning rate times epochs for
+gradient descent).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from unibias.numerics.data import DataStatistics
+
+THRESHOLD_FRACTION = 0.5
+"""Fraction of its target at which a modality counts as learned."""
+
+NO_TARGET_TOLERANCE = 1e-10
+"""Target norm, relative to ``||Sigma_yx Sigma^-1||``, below which there is nothing to learn."""
+
+
+@dataclass(frozen=True)
+class PhaseTiming:
+    """Phase times of one run, in units of ``tau``.
+
+    Attributes
+    ----------
+    t_a, t_b : float or None
+        First times at which modality A and B reach their thresholds, or
+        ``None`` when not reached.
+    time_ratio : float or None
+        Trailing over leading time, or ``None`` unless both were reached.
+    leading_modality : str
+        ``"A"`` or ``"B"``.
+    reason : str or None
+        Why a threshold was not reached, when one was not.
+    """
+
+    t_a: float | None
+    t_b: float | None
+    time_ratio: float | None
+    leading_modality: str
+    reason: str | None = None
+
+    def to_dict(self) -> dict:
+        """Return the fields ``t_a``, ``t_b``, ``time_ratio`` and ``reason``."""
+        record = asdict(self)
+        record.pop("leading_modality")
+        return record
+
+    @classmethod
+    def from_times(
+        cls, t_a: float | None, t_b: float | None, leading_modality: str,
+        reason: str | None = None,
+    ) -> PhaseTiming:
+        """Build a timing, computing the ratio when both times are known."""
+        leading, trailing = (t_a, t_b) if leading_modality == "A" else (t_b, t_a)
+        ratio = None
+        if leading is not None and trailing is not None and leading > 0:
+            ratio = float(trailing / leading)
+        if reason is None and (t_a is None or t_b is None):
+            missing = "A" if t_a is None else "B"
+            reason = f"modality {missing} did not reach its threshold"
+        return cls(
+            None if t_a is None else float(t_a),
+            None if t_b is None else float(t_b),
+            ratio, leading_modality, reason,
+        )
+
+
+@dataclass(frozen=True)
+class PhaseTargets:
+    """Targets whose half marks the learning of each modality.
+
+    Attributes
+    ----------
+    target_a, target_b : ndarray, shapes (d_y, d_A) and (d_y, d_B)
+    leading_modality : str
+    missing_reason : str or None
+        Set when a target is zero, so that the threshold is meaningless.
+    """
+
+    target_a: np.ndarray
+    target_b: np.ndarray
+    leading_modality: str
+    missing_reason: str | None = None
+
+    def progress(self, w_a: np.ndarray, w_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return the fractions of the targets reached by ``w_a`` and ``w_b``.
+
+        ``w_a`` has shape (..., d_y, d_A) or, for scalar blocks, any shape;
+        the results drop the two trailing matrix axes.
+        """
+        return _fraction(w_a, self.target_a), _fraction(w_b, self.target_b)
+
+
+def _fraction(block: np.ndarray, target: np.ndarray) -> np.ndarray:
+    # Callers check first that the target is non-zero.
+    block = np.asarray(block, dtype=float)
+    norm = float(np.sum(target * target))
+    if block.ndim >= target.ndim and block.shape[block.ndim - target.ndim :] == (
+        target.shape
+    ):
+        axes = tuple(range(block.ndim - target.ndim, block.ndim))
+        return np.tensordot(block, target, axes=(axes, tuple(range(target.ndim)))) / norm
+    if target.size != 1:
+        raise ValueError(
+            f"a block of shape {block.shape} does not match a target of shape "
+            f"{target.shape}"
+        )
+    return block * float(target.ravel()[0]) / norm
+
+
+def phase_targets(stats: DataStatistics, fusion_layer: int) -> PhaseTargets:
+    """Return the thresholds' targets for data ``stats`` and fusion layer ``L_f``."""
+    leading = stats.leading_modality
+    optimum = stats.optimum
+    final_a, final_b = optimum[:, : stats.dim_a], optimum[:, stats.dim_a :]
+    if fusion_layer == 1:
+        target_a, target_b = final_a, final_b
+    elif leading == "A":
+        target_a, target_b = stats.unimodal_a, final_b
+    else:
+        target_a, target_b = final_a, stats.unimodal_b
+    scale = max(float(np.linalg.norm(optimum)), np.finfo(float).tiny)
+    reason = None
+    for name, target in (("A", target_a), ("B", target_b)):
+        if np.linalg.norm(target) <= NO_TARGET_TOLERANCE * scale:
+            reason = (
+                f"modality {name} has nothing to learn: its target W_{name}_tot is "
+                "zero, so no threshold is defined"
+            )
+    return PhaseTargets(target_a, target_b, leading, reason)
+
+
+def first_crossing(times: np.ndarray, progress: np.ndarray) -> float | None:
+    """Return the first time ``progress`` reaches the threshold, or ``None``.
+
+    Interpolates linearly between the two samples around the crossing.
+    ``times`` and ``progress`` have shape (n,).
+    """
+    times = np.asarray(times, dtype=float)
+    progress = np.asarray(progress, dtype=float)
+    above = np.flatnonzero(progress >= THRESHOLD_FRACTION)
+    if above.size == 0:
+        return None
+    index = int(above[0])
+    if index == 0:
+        return float(times[0])
+    before, after = progress[index - 1], progress[index]
+    weight = (THRESHOLD_FRACTION - before) / (after - before)
+    return float(times[index - 1] + weight * (times[index] - times[index - 1]))
+
+
+def measure_phase_times(
+    times: np.ndarray,
+    w_a: np.ndarray,
+    w_b: np.ndarray,
+    stats: DataStatistics,
+    fusion_layer: int,
+    end_reason: str | None = None,
+) -> PhaseTiming:
+    """Measure ``t_a`` and ``t_b`` on a sampled trajectory.
+
+    Parameters
+    ----------
+    times : ndarray, shape (n,)
+        Sample times in units of ``tau``.
+    w_a, w_b : ndarray, shapes (n, d_y, d_A) and (n, d_y, d_B), or (n,)
+        ``W_A_tot`` and ``W_B_tot`` at those times.
+    stats : DataStatistics
+        Statistics the run was trained on; they fix the thresholds.
+    fusion_layer : int
+        ``L_f``; early fusion (1) uses the final values for both thresholds.
+    end_reason : str, optional
+        Why the trajectory stopped (for example divergence), reported when a
+        threshold was not reached.
+    """
+    targets = phase_targets(stats, fusion_layer)
+    if targets.missing_reason is not None:
+        return PhaseTiming(None, None, None, targets.leading_modality,
+                           targets.missing_reason)
+    progress_a, progress_b = targets.progress(w_a, w_b)
+    t_a = first_crossing(times, progress_a)
+    t_b = first_crossing(times, progress_b)
+    reason = None
+    if t_a is None or t_b is None:
+        missing = "A" if t_a is None else "B"
+        horizon = float(np.asarray(times)[-1])
+        reason = end_reason or (
+            f"modality {missing} did not reach half of its target by "
+            f"t = {horizon:.6g} tau"
+        )
+    return PhaseTiming.from_times(t_a, t_b, targets.leading_modality, reason)
+
+
+def misattribution(stats: DataStatistics) -> np.ndarray:
+    """Return the excess weight the leading modality carries in the unimodal phase.
+
+    For A leading this is ``Sigma_yA Sigma_A^-1 - W_A_tot(M_*)``: the part of
+    B that correlates with A and is credited to A until B is learned. For the
+    toy data set it equals ``rho sigma_B / sigma_A``.
+    """
+    optimum = stats.optimum
+    if stats.leading_modality == "A":
+        return stats.unimodal_a - optimum[:, : stats.dim_a]
+    return stats.unimodal_b - optimum[:, stats.dim_a :]

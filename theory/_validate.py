@@ -1,0 +1,58 @@
+"""Argument checks shared by the symbolic and numerical layers.
+
+Every check raises ``ValueError`` (or ``TypeError`` for a value of the wrong
+kind) whose message names the argument, the value received and the valid
+range, so that the command line can print it as one line.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+MAX_DEPTH = 10
+"""Largest network depth ``L`` the symbolic model builds."""
+
+
+def check_integer(name: str, value, minimum: int, maximum: int | None = None) -> int:
+    """Return ``value`` as an ``int`` after checking ``minimum <= value <= maximum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    upper = "" if maximum is None else f" and at most {maximum}"
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be at least {minimum}{upper}, got {value}")
+    return value
+
+
+def check_real(name: str, value) -> float:
+    """Return ``value`` as a finite ``float``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def check_positive(name: str, value) -> float:
+    """Return ``value`` as a finite ``float`` after checking ``value > 0``."""
+    value = check_real(name, value)
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+def check_open_interval(name: str, value, low: float, high: float) -> float:
+    """Return ``value`` as a ``float`` after checking ``low < value < high``."""
+    value = check_real(name, value)
+    if not low < value < high:
+        raise ValueError(f"{name} must lie in ({low:g}, {high:g}), got {value}")
+    return value
+
+
+def check_architecture(depth, fusion_layer, max_depth: int = MAX_DEPTH) -> tuple[int, int]:
+    """Return ``(depth, fusion_layer)`` after checking ``1 <= L_f <= L <= max_depth``."""
+    depth = check_integer("depth", depth, 1, max_depth)
+    fusion_layer = check_integer("fusion_layer", fusion_layer, 1, depth)
+    return depth, fusion_layer
