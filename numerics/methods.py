@@ -1,0 +1,221 @@
+"""The four ways to time the unimodal phase, behind one registry.
+
+=================  ====================================================
+``closed_form``    small-initialisation formulas of
+                   :mod:`unibias.theory.timing`
+``reduced_ode``    exact balanced flow, :mod:`unibias.numerics.flow`
+``gd_map``         width-1 gradient descent at the real learning rate,
+                   :mod:`unibias.numerics.gd_map`
+``finite_network`` width-``N`` networks trained by gradient descent on
+                   sampled data, :mod:`unibias.numerics.network`
+=================  ====================================================
+
+Each method takes a :class:`TimingSetup` and returns a :class:`MethodResult`
+with phase times in units of ``tau`` (learning rate times epochs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Callable
+
+import numpy as np
+import sympy as sp
+
+from unibias.numerics.data import DataStatistics
+from unibias.numerics.flow import canonical_parameters, integrate_reduced_flow
+from unibias.numerics.gd_map import iterate_gd_map
+from unibias.numerics.network import NetworkConfig, train_networks
+from unibias.numerics.phases import PhaseTiming
+from unibias.theory._validate import (
+    check_architecture,
+    check_integer,
+    check_positive,
+)
+from unibias.theory.model import STATISTICS
+from unibias.theory.timing import INIT_SCALE, closed_form_timing
+
+
+@dataclass(frozen=True)
+class TimingSetup:
+    """One configuration to time.
+
+    Attributes
+    ----------
+    statistics : DataStatistics
+        Population statistics of the data (scalar modalities for every
+        method but ``finite_network``).
+    depth, fusion_layer : int
+        ``L`` and ``L_f``.
+    init_scale : float
+        ``u_0``.
+    width : int
+        Width ``N`` of the finite networks.
+    learning_rate : float
+        ``eta`` of ``gd_map`` and ``finite_network``.
+    samples : int
+        Training samples drawn for each finite network.
+    seeds : tuple of int
+        One finite network is trained per seed; the median is reported.
+    epochs : int
+        Maximum number of gradient-descent steps.
+    init_scheme : str
+        ``"norm"`` or ``"entry"``, see :class:`~unibias.numerics.network.NetworkConfig`.
+    """
+
+    statistics: DataStatistics
+    depth: int
+    fusion_layer: int
+    init_scale: float = 0.1
+    width: int = 100
+    learning_rate: float = 0.04
+    samples: int = 8192
+    seeds: tuple[int, ...] = (0,)
+    epochs: int = 20000
+    init_scheme: str = "norm"
+
+    def __post_init__(self):
+        check_architecture(self.depth, self.fusion_layer)
+        check_positive("init_scale", self.init_scale)
+        check_integer("width", self.width, 1)
+        check_positive("learning_rate", self.learning_rate)
+        check_integer("samples", self.samples, 1)
+        check_integer("epochs", self.epochs, 1)
+        if not self.seeds:
+            raise ValueError("seeds must hold at least one seed, got ()")
+        for seed in self.seeds:
+            check_integer("seed", seed, 0)
+
+    def to_dict(self) -> dict:
+        """Return the configuration as JSON-serialisable values."""
+        return {
+            "depth": self.depth,
+            "fusion_layer": self.fusion_layer,
+            "init_scale": self.init_scale,
+            "width": self.width,
+            "learning_rate": self.learning_rate,
+            "samples": self.samples,
+            "seeds": list(self.seeds),
+            "epochs": self.epochs,
+            "init_scheme": self.init_scheme,
+            "statistics": self.statistics.description or self.statistics.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """``W_A_tot``, ``W_B_tot`` and loss against time (units of ``tau``)."""
+
+    times: np.ndarray
+    w_a: np.ndarray
+    w_b: np.ndarray
+    loss: np.ndarray
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    """Timing of one method, with the trajectory behind it when there is one."""
+
+    method: str
+    timing: PhaseTiming
+    trajectory: Trajectory | None = None
+    trajectories: list[Trajectory] = field(default_factory=list)
+
+
+@lru_cache(maxsize=None)
+def _closed_form_function(depth: int, fusion_layer: int) -> Callable:
+    timing = closed_form_timing(depth, fusion_layer)
+    # cse stays off: it would pull the integration variable of the unevaluated
+    # integral out of the quad call.
+    return sp.lambdify(
+        [INIT_SCALE, *STATISTICS.ordered], [timing.t_a, timing.t_b],
+        modules=["scipy", "numpy"], cse=False,
+    )
+
+
+def closed_form(setup: TimingSetup) -> MethodResult:
+    """Evaluate the small-initialisation formulas (A and B relabelled if B leads)."""
+    stats = setup.statistics
+    leading = stats.leading_modality
+    if setup.depth == 1:
+        reason = "a single layer has no small-initialisation plateau to time"
+        return MethodResult("closed_form", PhaseTiming(None, None, None, leading, reason))
+    ordered = stats if leading == "A" else stats.swapped()
+    params, _, _ = canonical_parameters(ordered)
+    residual_b = params[4] - params[3] * params[1] / params[0]
+    if setup.fusion_layer > 1 and residual_b <= 0:
+        reason = (
+            "the trailing modality has no residual to learn at M_A "
+            f"(R_B_uni = {residual_b:.6g}), so the formula does not apply"
+        )
+        return MethodResult("closed_form", PhaseTiming(None, None, None, leading, reason))
+    function = _closed_form_function(setup.depth, setup.fusion_layer)
+    t_first, t_second = (float(value) for value in function(setup.init_scale, *params))
+    if leading == "B":
+        t_first, t_second = t_second, t_first
+    return MethodResult(
+        "closed_form", PhaseTiming.from_times(t_first, t_second, leading)
+    )
+
+
+def reduced_ode(setup: TimingSetup) -> MethodResult:
+    """Integrate the exact balanced flow from ``u_0``."""
+    solution = integrate_reduced_flow(
+        setup.statistics, setup.depth, setup.fusion_layer, setup.init_scale
+    )
+    trajectory = Trajectory(solution.times, solution.w_a, solution.w_b, solution.loss)
+    return MethodResult("reduced_ode", solution.timing, trajectory)
+
+
+def gd_map(setup: TimingSetup) -> MethodResult:
+    """Iterate the width-1 gradient-descent map at ``setup.learning_rate``."""
+    solution = iterate_gd_map(
+        setup.statistics, setup.depth, setup.fusion_layer, setup.learning_rate,
+        init_scale=setup.init_scale, max_epochs=setup.epochs,
+    )
+    trajectory = Trajectory(solution.times, solution.w_a, solution.w_b, solution.loss)
+    return MethodResult("gd_map", solution.timing, trajectory)
+
+
+def finite_network(setup: TimingSetup, progress: Callable | None = None) -> MethodResult:
+    """Train width-``N`` networks, one per seed, and report the median timing."""
+    config = NetworkConfig(
+        depth=setup.depth, fusion_layer=setup.fusion_layer, width=setup.width,
+        init_scale=setup.init_scale, learning_rate=setup.learning_rate,
+        epochs=setup.epochs, samples=setup.samples, init_scheme=setup.init_scheme,
+    )
+    run = train_networks(setup.statistics, config, list(setup.seeds), progress=progress)
+    trajectories = [
+        Trajectory(run.times, run.w_a[i, :, 0, 0], run.w_b[i, :, 0, 0], run.loss[i])
+        for i in range(len(run.seeds))
+    ] if setup.statistics.is_scalar else []
+    first = trajectories[0] if trajectories else None
+    return MethodResult("finite_network", run.median_timing(), first, trajectories)
+
+
+METHODS: dict[str, Callable[[TimingSetup], MethodResult]] = {
+    "closed_form": closed_form,
+    "reduced_ode": reduced_ode,
+    "gd_map": gd_map,
+    "finite_network": finite_network,
+}
+"""Registry of timing methods, in the order tables list them."""
+
+
+def check_methods(names) -> list[str]:
+    """Return ``names`` as a list after checking each is in :data:`METHODS`."""
+    names = list(names)
+    if not names:
+        raise ValueError(f"methods must name at least one of {', '.join(METHODS)}")
+    for name in names:
+        if name not in METHODS:
+            raise ValueError(
+                f"unknown method {name!r}; valid methods are {', '.join(METHODS)}"
+            )
+    return names
+
+
+def run_methods(setup: TimingSetup, names=tuple(METHODS)) -> dict[str, MethodResult]:
+    """Run the named methods on ``setup`` and return their results by name."""
+    return {name: METHODS[name](setup) for name in check_methods(names)}
