@@ -9,9 +9,9 @@ kept for the process; generation is the slow step (about 0.1 s per model).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Callable
+from functools import cache
 
 import numpy as np
 import sympy as sp
@@ -22,23 +22,32 @@ from unibias.theory.model import STATISTICS, fusion_network
 from unibias.theory.reduced import reduced_flow
 
 LAMBDIFY_MODULES = ("numpy",)
-"""Modules passed to ``lambdify``; explicit so output does not depend on what is installed."""
+"""Modules for ``lambdify``, fixed so results do not depend on what is installed."""
 
 MODEL_KINDS = ("reduced", "width1")
 """``"reduced"``: balanced ``(a, b, v)`` system; ``"width1"``: one weight per layer."""
 
 
 def statistics_vector(stats: DataStatistics) -> np.ndarray:
-    """Return ``(Sigma_A, Sigma_AB, Sigma_B, Sigma_yA, Sigma_yB, E_y2)`` of scalar data."""
+    """Return ``(Sigma_A, Sigma_AB, Sigma_B, Sigma_yA, Sigma_yB, E_y2)``.
+
+    The data must have scalar modalities and output.
+    """
     if not stats.is_scalar:
         raise ValueError(
             "the width-1 and reduced models need scalar modalities and output, got "
             f"d_A={stats.dim_a}, d_B={stats.dim_b}, d_y={stats.dim_y}"
         )
-    return np.array([
-        stats.sigma[0, 0], stats.sigma[0, 1], stats.sigma[1, 1],
-        stats.sigma_yx[0, 0], stats.sigma_yx[0, 1], stats.total_y_second_moment,
-    ])
+    return np.array(
+        [
+            stats.sigma[0, 0],
+            stats.sigma[0, 1],
+            stats.sigma[1, 1],
+            stats.sigma_yx[0, 0],
+            stats.sigma_yx[0, 1],
+            stats.total_y_second_moment,
+        ]
+    )
 
 
 def _stack(function: Callable, doc: str) -> Callable:
@@ -81,7 +90,7 @@ class CompiledSystem:
     loss: Callable
 
 
-@lru_cache(maxsize=None)
+@cache
 def compile_system(kind: str, depth: int, fusion_layer: int) -> CompiledSystem:
     """Generate and cache the numerical functions of a model.
 
@@ -96,8 +105,11 @@ def compile_system(kind: str, depth: int, fusion_layer: int) -> CompiledSystem:
     if kind not in MODEL_KINDS:
         raise ValueError(f"kind must be one of {MODEL_KINDS}, got {kind!r}")
     depth, fusion_layer = check_architecture(depth, fusion_layer)
-    model = reduced_flow(depth, fusion_layer) if kind == "reduced" else (
-        fusion_network(depth, fusion_layer))
+    model = (
+        reduced_flow(depth, fusion_layer)
+        if kind == "reduced"
+        else (fusion_network(depth, fusion_layer))
+    )
     state = model.state if kind == "reduced" else model.weights
     args = [list(state), list(STATISTICS.ordered)]
     signature = (
@@ -107,8 +119,9 @@ def compile_system(kind: str, depth: int, fusion_layer: int) -> CompiledSystem:
     )
 
     def generate(expressions, summary):
-        function = sp.lambdify(args, list(expressions), modules=list(LAMBDIFY_MODULES),
-                               cse=True)
+        function = sp.lambdify(
+            args, list(expressions), modules=list(LAMBDIFY_MODULES), cse=True
+        )
         return _stack(function, f"{summary}\n\nArguments: {signature}")
 
     loss = sp.lambdify(args, model.loss, modules=list(LAMBDIFY_MODULES), cse=True)
@@ -119,7 +132,8 @@ def compile_system(kind: str, depth: int, fusion_layer: int) -> CompiledSystem:
         fusion_layer=fusion_layer,
         state_names=tuple(str(symbol) for symbol in state),
         rhs=generate(model.flow, "Gradient flow tau d(state)/dt."),
-        w_totals=generate([model.w_a_total, model.w_b_total],
-                          "End-to-end maps (W_A_tot, W_B_tot)."),
+        w_totals=generate(
+            [model.w_a_total, model.w_b_total], "End-to-end maps (W_A_tot, W_B_tot)."
+        ),
         loss=loss,
     )

@@ -21,7 +21,7 @@ from unibias.theory._validate import (
 )
 
 SYMMETRY_TOLERANCE = 1e-8
-"""Largest ``|Sigma - Sigma^T|`` entry, relative to ``max |Sigma|``, accepted as symmetric."""
+"""Largest ``|Sigma - Sigma^T|`` entry, over ``max |Sigma|``, accepted as symmetric."""
 
 
 def _as_finite_array(name: str, value, ndim: int) -> np.ndarray:
@@ -55,8 +55,7 @@ def _check_covariance(sigma: np.ndarray, dim: int) -> None:
     smallest = float(np.linalg.eigvalsh(sigma)[0])
     if smallest <= 0:
         raise ValueError(
-            "sigma must be positive definite, got smallest eigenvalue "
-            f"{smallest:.6g}"
+            f"sigma must be positive definite, got smallest eigenvalue {smallest:.6g}"
         )
 
 
@@ -164,8 +163,12 @@ class DataStatistics:
         sigma = np.array([[sigma_a**2, rho * sigma_a], [rho * sigma_a, 1.0]])
         stats = cls.from_teacher(sigma, teacher, dim_a=1)
         stats.description.update(
-            {"kind": "toy", "rho": rho, "sigma_ratio": sigma_a,
-             "teacher": teacher.ravel().tolist()}
+            {
+                "kind": "toy",
+                "rho": rho,
+                "sigma_ratio": sigma_a,
+                "teacher": teacher.ravel().tolist(),
+            }
         )
         return stats
 
@@ -198,8 +201,12 @@ class DataStatistics:
         moment = float(np.trace(teacher @ sigma @ teacher.T))
         moment += teacher.shape[0] * noise_std**2
         stats = cls(
-            sigma, teacher @ sigma, dim_a, y_second_moment=moment,
-            teacher=teacher, noise_std=noise_std,
+            sigma,
+            teacher @ sigma,
+            dim_a,
+            y_second_moment=moment,
+            teacher=teacher,
+            noise_std=noise_std,
         )
         stats.description.setdefault("kind", "teacher")
         return stats
@@ -227,7 +234,9 @@ class DataStatistics:
                 f"covariance to be positive definite, got {count}"
             )
         stats = cls(
-            x.T @ x / count, y.T @ x / count, x_a.shape[1],
+            x.T @ x / count,
+            y.T @ x / count,
+            x_a.shape[1],
             y_second_moment=float(np.sum(y * y) / count),
         )
         stats.description.update({"kind": "samples", "samples": count})
@@ -318,7 +327,7 @@ class DataStatistics:
 
     @property
     def leading_modality(self) -> str:
-        """``"A"`` when ``||Sigma_yA|| >= ||Sigma_yB||`` (Frobenius norm), else ``"B"``."""
+        """``"A"`` when ``||Sigma_yA|| >= ||Sigma_yB||`` (Frobenius), else ``"B"``."""
         norm_a = np.linalg.norm(self.sigma_ya)
         norm_b = np.linalg.norm(self.sigma_yb)
         return "A" if norm_a >= norm_b else "B"
@@ -355,8 +364,11 @@ class DataStatistics:
         order = np.r_[self.dim_a : self.dim, 0 : self.dim_a]
         teacher = None if self.teacher is None else self.teacher[:, order]
         swapped = DataStatistics(
-            self.sigma[np.ix_(order, order)], self.sigma_yx[:, order], self.dim_b,
-            y_second_moment=self.y_second_moment, teacher=teacher,
+            self.sigma[np.ix_(order, order)],
+            self.sigma_yx[:, order],
+            self.dim_b,
+            y_second_moment=self.y_second_moment,
+            teacher=teacher,
             noise_std=self.noise_std,
         )
         swapped.description.update(self.description)
@@ -380,8 +392,9 @@ class DataStatistics:
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng)}")
         if self.teacher is not None:
-            x = rng.multivariate_normal(np.zeros(self.dim), self.sigma, size=count,
-                                        method="cholesky")
+            x = rng.multivariate_normal(
+                np.zeros(self.dim), self.sigma, size=count, method="cholesky"
+            )
             y = x @ self.teacher.T
             if self.noise_std > 0:
                 y = y + self.noise_std * rng.standard_normal(y.shape)
@@ -395,14 +408,17 @@ class DataStatistics:
                 "sampling statistics without a teacher needs a scalar output and "
                 "y_second_moment"
             )
-        joint = np.block([
-            [self.sigma, self.sigma_yx.T],
-            [self.sigma_yx, np.array([[self.y_second_moment]])],
-        ])
+        joint = np.block(
+            [
+                [self.sigma, self.sigma_yx.T],
+                [self.sigma_yx, np.array([[self.y_second_moment]])],
+            ]
+        )
         # A zero-noise target makes the joint covariance singular, so "eigh"
         # is used instead of a Cholesky factor.
-        sample = rng.multivariate_normal(np.zeros(self.dim + 1), joint, size=count,
-                                         method="eigh")
+        sample = rng.multivariate_normal(
+            np.zeros(self.dim + 1), joint, size=count, method="eigh"
+        )
         return sample[:, : self.dim], sample[:, self.dim :]
 
     def to_dict(self) -> dict:

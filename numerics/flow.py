@@ -219,9 +219,14 @@ def integrate_reduced_flow(
         rhs.calls = 0
         try:
             result = solve_ivp(
-                rhs, (s_start, s_start + PSEUDO_TIME_CHUNK), y_start, method=method,
-                rtol=_chunk_tolerance(rtol, origin, offset), atol=atol,
-                events=events, dense_output=True,
+                rhs,
+                (s_start, s_start + PSEUDO_TIME_CHUNK),
+                y_start,
+                method=method,
+                rtol=_chunk_tolerance(rtol, origin, offset),
+                atol=atol,
+                events=events,
+                dense_output=True,
             )
         except _SolverStalled:
             reason = (
@@ -300,8 +305,9 @@ def _time_reached(stop_time: float):
 
 def _timing(event_times, targets, horizon: float, reason: str | None) -> PhaseTiming:
     if targets.missing_reason is not None:
-        return PhaseTiming(None, None, None, targets.leading_modality,
-                           targets.missing_reason)
+        return PhaseTiming(
+            None, None, None, targets.leading_modality, targets.missing_reason
+        )
     t_a, t_b = event_times
     if t_a is None or t_b is None:
         missing = "A" if t_a is None else "B"

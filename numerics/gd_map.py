@@ -58,10 +58,12 @@ def balanced_start(depth: int, fusion_layer: int, init_scale: float) -> np.ndarr
     norm ``u_0``, fusion and later layers of norm ``sqrt(2) u_0``.
     """
     shared = depth - fusion_layer
-    return np.concatenate([
-        np.full(2 * fusion_layer, init_scale),
-        np.full(shared, np.sqrt(2) * init_scale),
-    ])
+    return np.concatenate(
+        [
+            np.full(2 * fusion_layer, init_scale),
+            np.full(shared, np.sqrt(2) * init_scale),
+        ]
+    )
 
 
 def iterate_gd_map(
@@ -110,8 +112,9 @@ def iterate_gd_map(
     if initial_weights is None:
         if init_scale is None:
             raise TypeError("iterate_gd_map needs init_scale or initial_weights")
-        start = balanced_start(depth, fusion_layer, check_positive("init_scale",
-                                                                   init_scale))
+        start = balanced_start(
+            depth, fusion_layer, check_positive("init_scale", init_scale)
+        )
     else:
         start = np.abs(np.asarray(initial_weights, dtype=float))
         if start.shape != (size,) or not np.all(np.isfinite(start)):
@@ -132,7 +135,8 @@ def iterate_gd_map(
             weights = weights + learning_rate * system.rhs(weights, params)
             loss = float(system.loss(weights, params))
             if not np.isfinite(loss) or loss > DIVERGENCE_LOSS_FACTOR * max(
-                    start_loss, 1e-300):
+                start_loss, 1e-300
+            ):
                 end_reason = (
                     f"gradient descent diverged at epoch {step} (learning rate "
                     f"{learning_rate:g})"
@@ -141,8 +145,7 @@ def iterate_gd_map(
             history.append(weights)
             if learned_step is None and targets.missing_reason is None:
                 w_a, w_b = system.w_totals(weights, params)
-                crossed |= np.array(
-                    targets.progress(sign_a * w_a, sign_b * w_b)) >= 0.5
+                crossed |= np.array(targets.progress(sign_a * w_a, sign_b * w_b)) >= 0.5
                 if crossed.all():
                     learned_step = step
                     stop_step = min(max_epochs, int(np.ceil(continue_factor * step)))

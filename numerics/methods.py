@@ -16,9 +16,9 @@ with phase times in units of ``tau`` (learning rate times epochs).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Callable
+from functools import cache
 
 import numpy as np
 import sympy as sp
@@ -123,14 +123,16 @@ class MethodResult:
     trajectories: list[Trajectory] = field(default_factory=list)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _closed_form_function(depth: int, fusion_layer: int) -> Callable:
     timing = closed_form_timing(depth, fusion_layer)
     # cse stays off: it would pull the integration variable of the unevaluated
     # integral out of the quad call.
     return sp.lambdify(
-        [INIT_SCALE, *STATISTICS.ordered], [timing.t_a, timing.t_b],
-        modules=["scipy", "numpy"], cse=False,
+        [INIT_SCALE, *STATISTICS.ordered],
+        [timing.t_a, timing.t_b],
+        modules=["scipy", "numpy"],
+        cse=False,
     )
 
 
@@ -140,7 +142,9 @@ def closed_form(setup: TimingSetup) -> MethodResult:
     leading = stats.leading_modality
     if setup.depth == 1:
         reason = "a single layer has no small-initialisation plateau to time"
-        return MethodResult("closed_form", PhaseTiming(None, None, None, leading, reason))
+        return MethodResult(
+            "closed_form", PhaseTiming(None, None, None, leading, reason)
+        )
     ordered = stats if leading == "A" else stats.swapped()
     params, _, _ = canonical_parameters(ordered)
     residual_b = params[4] - params[3] * params[1] / params[0]
@@ -149,7 +153,9 @@ def closed_form(setup: TimingSetup) -> MethodResult:
             "the trailing modality has no residual to learn at M_A "
             f"(R_B_uni = {residual_b:.6g}), so the formula does not apply"
         )
-        return MethodResult("closed_form", PhaseTiming(None, None, None, leading, reason))
+        return MethodResult(
+            "closed_form", PhaseTiming(None, None, None, leading, reason)
+        )
     function = _closed_form_function(setup.depth, setup.fusion_layer)
     t_first, t_second = (float(value) for value in function(setup.init_scale, *params))
     if leading == "B":
@@ -171,25 +177,40 @@ def reduced_ode(setup: TimingSetup) -> MethodResult:
 def gd_map(setup: TimingSetup) -> MethodResult:
     """Iterate the width-1 gradient-descent map at ``setup.learning_rate``."""
     solution = iterate_gd_map(
-        setup.statistics, setup.depth, setup.fusion_layer, setup.learning_rate,
-        init_scale=setup.init_scale, max_epochs=setup.epochs,
+        setup.statistics,
+        setup.depth,
+        setup.fusion_layer,
+        setup.learning_rate,
+        init_scale=setup.init_scale,
+        max_epochs=setup.epochs,
     )
     trajectory = Trajectory(solution.times, solution.w_a, solution.w_b, solution.loss)
     return MethodResult("gd_map", solution.timing, trajectory)
 
 
-def finite_network(setup: TimingSetup, progress: Callable | None = None) -> MethodResult:
+def finite_network(
+    setup: TimingSetup, progress: Callable | None = None
+) -> MethodResult:
     """Train width-``N`` networks, one per seed, and report the median timing."""
     config = NetworkConfig(
-        depth=setup.depth, fusion_layer=setup.fusion_layer, width=setup.width,
-        init_scale=setup.init_scale, learning_rate=setup.learning_rate,
-        epochs=setup.epochs, samples=setup.samples, init_scheme=setup.init_scheme,
+        depth=setup.depth,
+        fusion_layer=setup.fusion_layer,
+        width=setup.width,
+        init_scale=setup.init_scale,
+        learning_rate=setup.learning_rate,
+        epochs=setup.epochs,
+        samples=setup.samples,
+        init_scheme=setup.init_scheme,
     )
     run = train_networks(setup.statistics, config, list(setup.seeds), progress=progress)
-    trajectories = [
-        Trajectory(run.times, run.w_a[i, :, 0, 0], run.w_b[i, :, 0, 0], run.loss[i])
-        for i in range(len(run.seeds))
-    ] if setup.statistics.is_scalar else []
+    trajectories = (
+        [
+            Trajectory(run.times, run.w_a[i, :, 0, 0], run.w_b[i, :, 0, 0], run.loss[i])
+            for i in range(len(run.seeds))
+        ]
+        if setup.statistics.is_scalar
+        else []
+    )
     first = trajectories[0] if trajectories else None
     return MethodResult("finite_network", run.median_timing(), first, trajectories)
 

@@ -30,7 +30,7 @@ THRESHOLD_FRACTION = 0.5
 """Fraction of its target at which a modality counts as learned."""
 
 NO_TARGET_TOLERANCE = 1e-10
-"""Target norm, relative to ``||Sigma_yx Sigma^-1||``, below which there is nothing to learn."""
+"""Target norm, over ``||Sigma_yx Sigma^-1||``, below which nothing is left to learn."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,10 @@ class PhaseTiming:
 
     @classmethod
     def from_times(
-        cls, t_a: float | None, t_b: float | None, leading_modality: str,
+        cls,
+        t_a: float | None,
+        t_b: float | None,
+        leading_modality: str,
         reason: str | None = None,
     ) -> PhaseTiming:
         """Build a timing, computing the ratio when both times are known."""
@@ -78,7 +81,9 @@ class PhaseTiming:
         return cls(
             None if t_a is None else float(t_a),
             None if t_b is None else float(t_b),
-            ratio, leading_modality, reason,
+            ratio,
+            leading_modality,
+            reason,
         )
 
 
@@ -99,7 +104,9 @@ class PhaseTargets:
     leading_modality: str
     missing_reason: str | None = None
 
-    def progress(self, w_a: np.ndarray, w_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def progress(
+        self, w_a: np.ndarray, w_b: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Return the fractions of the targets reached by ``w_a`` and ``w_b``.
 
         ``w_a`` has shape (..., d_y, d_A) or, for scalar blocks, any shape;
@@ -116,7 +123,9 @@ def _fraction(block: np.ndarray, target: np.ndarray) -> np.ndarray:
         target.shape
     ):
         axes = tuple(range(block.ndim - target.ndim, block.ndim))
-        return np.tensordot(block, target, axes=(axes, tuple(range(target.ndim)))) / norm
+        return (
+            np.tensordot(block, target, axes=(axes, tuple(range(target.ndim)))) / norm
+        )
     if target.size != 1:
         raise ValueError(
             f"a block of shape {block.shape} does not match a target of shape "
@@ -192,8 +201,9 @@ def measure_phase_times(
     """
     targets = phase_targets(stats, fusion_layer)
     if targets.missing_reason is not None:
-        return PhaseTiming(None, None, None, targets.leading_modality,
-                           targets.missing_reason)
+        return PhaseTiming(
+            None, None, None, targets.leading_modality, targets.missing_reason
+        )
     progress_a, progress_b = targets.progress(w_a, w_b)
     t_a = first_crossing(times, progress_a)
     t_b = first_crossing(times, progress_b)

@@ -19,7 +19,9 @@ def test_notebooks_found():
 def test_notebook_runs(path, tmp_path):
     notebook = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
-        notebook, timeout=600, kernel_name="python3",
+        notebook,
+        timeout=600,
+        kernel_name="python3",
         resources={"metadata": {"path": str(tmp_path)}},
     )
     client.execute()

@@ -51,8 +51,10 @@ def check_open_interval(name: str, value, low: float, high: float) -> float:
     return value
 
 
-def check_architecture(depth, fusion_layer, max_depth: int = MAX_DEPTH) -> tuple[int, int]:
-    """Return ``(depth, fusion_layer)`` after checking ``1 <= L_f <= L <= max_depth``."""
+def check_architecture(
+    depth, fusion_layer, max_depth: int = MAX_DEPTH
+) -> tuple[int, int]:
+    """Return ``(depth, fusion_layer)`` after checking ``1 <= L_f <= L <= max``."""
     depth = check_integer("depth", depth, 1, max_depth)
     fusion_layer = check_integer("fusion_layer", fusion_layer, 1, depth)
     return depth, fusion_layer

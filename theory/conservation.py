@@ -12,7 +12,7 @@ it spans the same space, which :func:`conserved_quantities` checks.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import sympy as sp
 
@@ -22,14 +22,14 @@ from unibias.theory.model import STATISTICS, LinearFusionNetwork, fusion_network
 def _layer_pair_basis(network: LinearFusionNetwork) -> dict[str, sp.Expr]:
     quantities = {}
     for path in (network.a, network.b):
-        for lower, upper in zip(path[:-1], path[1:]):
+        for lower, upper in zip(path[:-1], path[1:], strict=False):
             quantities[f"{lower}^2 - {upper}^2"] = lower**2 - upper**2
     if network.v:
         top_a, top_b, first_v = network.a[-1], network.b[-1], network.v[0]
         quantities[f"{top_a}^2 + {top_b}^2 - {first_v}^2"] = (
             top_a**2 + top_b**2 - first_v**2
         )
-        for lower, upper in zip(network.v[:-1], network.v[1:]):
+        for lower, upper in zip(network.v[:-1], network.v[1:], strict=False):
             quantities[f"{lower}^2 - {upper}^2"] = lower**2 - upper**2
     return quantities
 
@@ -41,7 +41,9 @@ def conserved_coefficients(network: LinearFusionNetwork) -> sp.Matrix:
     """
     weights = network.weights
     c = sp.symbols(f"c_0:{len(weights)}")
-    rate = sp.expand(sum(2 * ci * w * f for ci, w, f in zip(c, weights, network.flow)))
+    rate = sp.expand(
+        sum(2 * ci * w * f for ci, w, f in zip(c, weights, network.flow, strict=False))
+    )
     polynomial = sp.Poly(rate, *weights, *STATISTICS.ordered)
     equations = polynomial.coeffs()
     system = sp.Matrix([[sp.diff(eq, ci) for ci in c] for eq in equations])
@@ -49,7 +51,7 @@ def conserved_coefficients(network: LinearFusionNetwork) -> sp.Matrix:
     return sp.Matrix.hstack(*basis) if basis else sp.zeros(len(weights), 0)
 
 
-@lru_cache(maxsize=None)
+@cache
 def conserved_quantities(depth: int, fusion_layer: int) -> dict[str, sp.Expr]:
     """Return the conserved quadratic quantities of the width-1 flow by name.
 
@@ -75,9 +77,12 @@ def conserved_quantities(depth: int, fusion_layer: int) -> dict[str, sp.Expr]:
     named = _layer_pair_basis(network)
     squares = [w**2 for w in network.weights]
     if named:
-        named_columns = sp.Matrix.hstack(*[
-            sp.Matrix([sp.expand(q).coeff(s) for s in squares]) for q in named.values()
-        ])
+        named_columns = sp.Matrix.hstack(
+            *[
+                sp.Matrix([sp.expand(q).coeff(s) for s in squares])
+                for q in named.values()
+            ]
+        )
         same_span = (
             named_columns.rank() == derived.shape[1]
             and sp.Matrix.hstack(derived, named_columns).rank() == derived.shape[1]
@@ -85,6 +90,8 @@ def conserved_quantities(depth: int, fusion_layer: int) -> dict[str, sp.Expr]:
         if same_span:
             return named
     return {
-        f"Q_{index}": sp.Add(*[coefficient * s for coefficient, s in zip(column, squares)])
+        f"Q_{index}": sp.Add(
+            *[coefficient * s for coefficient, s in zip(column, squares, strict=False)]
+        )
         for index, column in enumerate(derived.columnspace())
     }

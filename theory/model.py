@@ -23,7 +23,7 @@ arXiv:2312.00935).
 
 from __future__ import annotations
 
-from functools import cached_property, lru_cache
+from functools import cache, cached_property
 
 import sympy as sp
 
@@ -57,8 +57,14 @@ class StatisticsSymbols:
     def ordered(self) -> tuple[sp.Symbol, ...]:
         """``(Sigma_A, Sigma_AB, Sigma_B, Sigma_yA, Sigma_yB, E_y2)``, the order
         numerical functions take them in."""
-        return (self.sigma_a, self.sigma_ab, self.sigma_b, self.sigma_ya,
-                self.sigma_yb, self.y_second_moment)
+        return (
+            self.sigma_a,
+            self.sigma_ab,
+            self.sigma_b,
+            self.sigma_ya,
+            self.sigma_yb,
+            self.y_second_moment,
+        )
 
     def toy(self, rho, sigma_ratio) -> dict[sp.Symbol, sp.Expr]:
         """Return the substitution for the toy data set.
@@ -99,7 +105,7 @@ def end_to_end_loss(w_a, w_b) -> sp.Expr:
 
 
 def end_to_end_residuals(w_a, w_b) -> tuple[sp.Expr, sp.Expr]:
-    """Return ``(R_A, R_B)``, the residual covariances at end-to-end maps ``(w_a, w_b)``.
+    """Return the residuals ``(R_A, R_B)`` at end-to-end maps ``(w_a, w_b)``.
 
     ``R_A = Sigma_yA - W_A Sigma_A - W_B Sigma_BA`` and
     ``R_B = Sigma_yB - W_B Sigma_B - W_A Sigma_AB``.
@@ -142,17 +148,21 @@ class LinearFusionNetwork:
         self.statistics = STATISTICS
         self.a = sp.symbols(f"a_1:{self.fusion_layer + 1}", real=True)
         self.b = sp.symbols(f"b_1:{self.fusion_layer + 1}", real=True)
-        self.v = sp.symbols(
-            f"v_{self.fusion_layer + 1}:{self.depth + 1}", real=True
-        ) if self.depth > self.fusion_layer else ()
+        self.v = (
+            sp.symbols(f"v_{self.fusion_layer + 1}:{self.depth + 1}", real=True)
+            if self.depth > self.fusion_layer
+            else ()
+        )
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(depth={self.depth}, "
-                f"fusion_layer={self.fusion_layer})")
+        return (
+            f"{type(self).__name__}(depth={self.depth}, "
+            f"fusion_layer={self.fusion_layer})"
+        )
 
     @property
     def weights(self) -> tuple[sp.Symbol, ...]:
-        """State symbols in order: ``a_1 .. a_{L_f}, b_1 .. b_{L_f}, v_{L_f+1} .. v_L``."""
+        """State symbols: ``a_1 .. a_{L_f}, b_1 .. b_{L_f}, v_{L_f+1} .. v_L``."""
         return tuple(self.a) + tuple(self.b) + tuple(self.v)
 
     @property
@@ -203,7 +213,9 @@ class LinearFusionNetwork:
         r_a, r_b = sp.symbols("R_A R_B", real=True)
         rows = []
         for w in self.weights:
-            rows.append(r_a * sp.diff(self.w_a_total, w) + r_b * sp.diff(self.w_b_total, w))
+            rows.append(
+                r_a * sp.diff(self.w_a_total, w) + r_b * sp.diff(self.w_b_total, w)
+            )
         derived = sp.Matrix(rows)
         check = derived.subs({r_a: self.residual_a, r_b: self.residual_b}) - self.flow
         if sp.expand(check) != sp.zeros(*check.shape):
@@ -212,12 +224,15 @@ class LinearFusionNetwork:
 
     def time_derivative(self, expression: sp.Expr) -> sp.Expr:
         """Return ``tau d(expression)/dt`` along the flow, by the chain rule."""
-        return sp.expand(sum(
-            sp.diff(expression, w) * rate for w, rate in zip(self.weights, self.flow)
-        ))
+        return sp.expand(
+            sum(
+                sp.diff(expression, w) * rate
+                for w, rate in zip(self.weights, self.flow, strict=False)
+            )
+        )
 
 
-@lru_cache(maxsize=None)
+@cache
 def fusion_network(depth: int, fusion_layer: int) -> LinearFusionNetwork:
     """Return the cached :class:`LinearFusionNetwork` for ``(depth, fusion_layer)``."""
     return LinearFusionNetwork(depth, fusion_layer)

@@ -16,7 +16,7 @@ and checks that the substitution is consistent.
 
 from __future__ import annotations
 
-from functools import cached_property, lru_cache
+from functools import cache, cached_property
 
 import sympy as sp
 
@@ -113,7 +113,7 @@ class ReducedFlow:
         mean that the balanced manifold is not invariant.
         """
         net = self.network
-        rows = dict(zip(net.weights, net.flow))
+        rows = dict(zip(net.weights, net.flow, strict=False))
         equations = []
         for scale, group in ((self.a, net.a), (self.b, net.b), (self.v, net.v)):
             if not group:
@@ -130,9 +130,11 @@ class ReducedFlow:
     @cached_property
     def flow_in_residuals(self) -> sp.Matrix:
         """:attr:`flow` with ``R_A`` and ``R_B`` kept as symbols ``R_A``, ``R_B``."""
-        return self.network.flow_in_residuals.xreplace(self.substitution).applyfunc(
-            sp.factor
-        ).extract(self._group_rows(), [0])
+        return (
+            self.network.flow_in_residuals.xreplace(self.substitution)
+            .applyfunc(sp.factor)
+            .extract(self._group_rows(), [0])
+        )
 
     def _group_rows(self) -> list[int]:
         # Index of the first weight of each group in the width-1 state order.
@@ -157,7 +159,7 @@ class ReducedFlow:
         return (u0, u0)
 
 
-@lru_cache(maxsize=None)
+@cache
 def reduced_flow(depth: int, fusion_layer: int) -> ReducedFlow:
-    """Return the cached :class:`ReducedFlow` of ``fusion_network(depth, fusion_layer)``."""
+    """Return the cached :class:`ReducedFlow` for ``(depth, fusion_layer)``."""
     return ReducedFlow(fusion_network(depth, fusion_layer))

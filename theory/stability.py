@@ -56,7 +56,11 @@ class StabilityReport:
 
     @property
     def kind(self) -> str | None:
-        """``"stable"``, ``"saddle"``, ``"unstable"`` or ``"degenerate"`` (numeric only)."""
+        """Type of the fixed point, from the numeric spectrum.
+
+        One of ``"stable"``, ``"saddle"``, ``"unstable"`` or ``"degenerate"``,
+        or ``None`` without numbers or away from a fixed point.
+        """
         values = self.numeric_eigenvalues
         if values is None or not self.is_fixed_point:
             return None
@@ -82,8 +86,11 @@ def width1_point(depth: int, fusion_layer: int, point: FixedPoint) -> dict:
     network = fusion_network(depth, fusion_layer)
     reduced = reduced_flow(depth, fusion_layer)
     values = {}
-    for group, scale in ((network.a, reduced.a), (network.b, reduced.b),
-                         (network.v, reduced.v)):
+    for group, scale in (
+        (network.a, reduced.a),
+        (network.b, reduced.b),
+        (network.v, reduced.v),
+    ):
         for weight in group:
             values[weight] = point.state.get(scale, 0)
     return values
@@ -133,8 +140,11 @@ def stability(
             if np.all(np.abs(numeric.imag) < 1e-12):
                 numeric = numeric.real
         reports[name] = StabilityReport(
-            point, is_fixed_point(reduced, point), at_point, closed_form, numeric,
+            point,
+            is_fixed_point(reduced, point),
+            at_point,
+            closed_form,
+            numeric,
             len(conserved_quantities(depth, fusion_layer)),
         )
     return reports
-

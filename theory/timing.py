@@ -30,7 +30,7 @@ ICML 2024, arXiv:2312.00935.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import sympy as sp
 
@@ -105,10 +105,20 @@ def _unimodal_duration(depth: int, fusion_layer: int) -> sp.Expr:
     k, w_a_uni, r_b_uni = _derived_quantities()
     u0 = INIT_SCALE
     if fusion_layer == 2:
-        return (1 - k) * sp.log(1 / u0) / (r_b_uni * w_a_uni ** (1 - sp.Rational(2, depth)))
+        return (
+            (1 - k)
+            * sp.log(1 / u0)
+            / (r_b_uni * w_a_uni ** (1 - sp.Rational(2, depth)))
+        )
     exponent = 2 - fusion_layer
-    return (1 - k) * u0**exponent / (
-        (fusion_layer - 2) * r_b_uni * w_a_uni ** (1 - sp.Rational(fusion_layer, depth))
+    return (
+        (1 - k)
+        * u0**exponent
+        / (
+            (fusion_layer - 2)
+            * r_b_uni
+            * w_a_uni ** (1 - sp.Rational(fusion_layer, depth))
+        )
     )
 
 
@@ -118,10 +128,12 @@ def _early_fusion_time(depth: int) -> sp.Expr:
     s = STATISTICS
     strength = sp.sqrt(s.sigma_ya**2 + s.sigma_yb**2)
     u = _U
-    return sp.integrate(1 / (strength * u ** (depth - 1)), (u, sp.sqrt(2) * INIT_SCALE, 1))
+    return sp.integrate(
+        1 / (strength * u ** (depth - 1)), (u, sp.sqrt(2) * INIT_SCALE, 1)
+    )
 
 
-@lru_cache(maxsize=None)
+@cache
 def closed_form_timing(depth: int, fusion_layer: int) -> ClosedFormTiming:
     """Return the small-initialisation phase times of ``(L, L_f)``.
 
@@ -146,8 +158,9 @@ def closed_form_timing(depth: int, fusion_layer: int) -> ClosedFormTiming:
     s = STATISTICS
     if fusion_layer == 1:
         t_a = _early_fusion_time(depth)
-        return ClosedFormTiming(depth, fusion_layer, t_a, t_a, sp.Integer(1),
-                                sp.Integer(0))
+        return ClosedFormTiming(
+            depth, fusion_layer, t_a, t_a, sp.Integer(1), sp.Integer(0)
+        )
     _, _, r_b_uni = _derived_quantities()
     t_a = _leading_time(depth, fusion_layer)
     if fusion_layer == depth:
@@ -155,5 +168,6 @@ def closed_form_timing(depth: int, fusion_layer: int) -> ClosedFormTiming:
         t_b = ratio * t_a
         return ClosedFormTiming(depth, fusion_layer, t_a, t_b, ratio, t_b - t_a)
     duration = _unimodal_duration(depth, fusion_layer)
-    return ClosedFormTiming(depth, fusion_layer, t_a, t_a + duration,
-                            1 + duration / t_a, duration)
+    return ClosedFormTiming(
+        depth, fusion_layer, t_a, t_a + duration, 1 + duration / t_a, duration
+    )
