@@ -144,7 +144,7 @@ def integrate_reduced_flow(
     """Integrate the balanced flow and time its two phases.
 
     Solves ``tau d(a, b, v)/dt = f(a, b, v)`` from ``a = b = u_0``,
-    ``v = sqrt(2) u_0`` with ``DOP853`` in the pseudo-time of
+    ``v = sqrt(2) u_0`` with the implicit ``Radau`` method in the pseudo-time of
     :func:`pseudo_time_rhs`, which keeps starts down to ``u_0 = 1e-9``
     accurate even when the plateaus last ``1e18 tau``.
 
@@ -250,6 +250,8 @@ def integrate_reduced_flow(
         s_start, y_start = float(result.t[-1]), result.y[:, -1].copy()
         clock.origin = origin + float(y_start[-1])
         y_start[-1] = 0.0
+        # With a modality that has nothing to learn, the run goes on to
+        # convergence (the loss-gap event) instead.
         if None not in event_times and stop_time is None:
             stop_time = continue_factor * max(event_times)
         if result.status == 1 or (stop_time is not None and clock.origin >= stop_time):
@@ -304,12 +306,10 @@ def _time_reached(stop_time: float):
 
 
 def _timing(event_times, targets, horizon: float, reason: str | None) -> PhaseTiming:
-    if targets.missing_reason is not None:
-        return PhaseTiming(
-            None, None, None, targets.leading_modality, targets.missing_reason
-        )
     t_a, t_b = event_times
-    if t_a is None or t_b is None:
+    if targets.missing_reason is not None:
+        reason = targets.missing_reason
+    elif t_a is None or t_b is None:
         missing = "A" if t_a is None else "B"
         reason = (
             f"modality {missing} did not reach half of its target by "

@@ -128,7 +128,8 @@ def iterate_gd_map(
     history = [start]
     weights = start
     start_loss = float(system.loss(start, params))
-    crossed = np.zeros(2, dtype=bool)
+    # A modality with nothing to learn counts as crossed for stopping.
+    crossed = np.array(targets.missing, dtype=bool)
     learned_step, stop_step, end_reason = None, max_epochs, None
     with np.errstate(all="ignore"):
         for step in range(1, max_epochs + 1):
@@ -143,7 +144,7 @@ def iterate_gd_map(
                 )
                 break
             history.append(weights)
-            if learned_step is None and targets.missing_reason is None:
+            if learned_step is None:
                 w_a, w_b = system.w_totals(weights, params)
                 crossed |= np.array(targets.progress(sign_a * w_a, sign_b * w_b)) >= 0.5
                 if crossed.all():

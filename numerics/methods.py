@@ -26,7 +26,7 @@ import sympy as sp
 from unibias.numerics.data import DataStatistics
 from unibias.numerics.flow import canonical_parameters, integrate_reduced_flow
 from unibias.numerics.gd_map import iterate_gd_map
-from unibias.numerics.network import NetworkConfig, train_networks
+from unibias.numerics.network import INIT_SCHEMES, NetworkConfig, train_networks
 from unibias.numerics.phases import PhaseTiming
 from unibias.theory._validate import (
     check_architecture,
@@ -76,7 +76,17 @@ class TimingSetup:
     init_scheme: str = "norm"
 
     def __post_init__(self):
+        if not isinstance(self.statistics, DataStatistics):
+            raise TypeError(
+                "statistics must be a DataStatistics, got "
+                f"{type(self.statistics).__name__}"
+            )
         check_architecture(self.depth, self.fusion_layer)
+        if self.init_scheme not in INIT_SCHEMES:
+            raise ValueError(
+                f"init_scheme must be one of {', '.join(INIT_SCHEMES)}, got "
+                f"{self.init_scheme!r}"
+            )
         check_positive("init_scale", self.init_scale)
         check_integer("width", self.width, 1)
         check_positive("learning_rate", self.learning_rate)

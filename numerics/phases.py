@@ -103,6 +103,7 @@ class PhaseTargets:
     target_b: np.ndarray
     leading_modality: str
     missing_reason: str | None = None
+    missing: tuple[bool, bool] = (False, False)
 
     def progress(
         self, w_a: np.ndarray, w_b: np.ndarray
@@ -116,22 +117,25 @@ class PhaseTargets:
 
 
 def _fraction(block: np.ndarray, target: np.ndarray) -> np.ndarray:
-    # Callers check first that the target is non-zero.
     block = np.asarray(block, dtype=float)
     norm = float(np.sum(target * target))
-    if block.ndim >= target.ndim and block.shape[block.ndim - target.ndim :] == (
-        target.shape
-    ):
+    matrix_block = block.ndim >= target.ndim and (
+        block.shape[block.ndim - target.ndim :] == target.shape
+    )
+    if matrix_block:
         axes = tuple(range(block.ndim - target.ndim, block.ndim))
-        return (
-            np.tensordot(block, target, axes=(axes, tuple(range(target.ndim)))) / norm
-        )
-    if target.size != 1:
+        projection = np.tensordot(block, target, axes=(axes, tuple(range(target.ndim))))
+    elif target.size == 1:
+        projection = block * float(target.ravel()[0])
+    else:
         raise ValueError(
             f"a block of shape {block.shape} does not match a target of shape "
             f"{target.shape}"
         )
-    return block * float(target.ravel()[0]) / norm
+    if norm == 0:
+        # A zero target is never reached; phase_targets records why.
+        return np.zeros_like(projection)
+    return projection / norm
 
 
 def phase_targets(stats: DataStatistics, fusion_layer: int) -> PhaseTargets:
@@ -146,14 +150,17 @@ def phase_targets(stats: DataStatistics, fusion_layer: int) -> PhaseTargets:
     else:
         target_a, target_b = final_a, stats.unimodal_b
     scale = max(float(np.linalg.norm(optimum)), np.finfo(float).tiny)
-    reason = None
+    reason, missing, targets = None, [], []
     for name, target in (("A", target_a), ("B", target_b)):
-        if np.linalg.norm(target) <= NO_TARGET_TOLERANCE * scale:
+        empty = bool(np.linalg.norm(target) <= NO_TARGET_TOLERANCE * scale)
+        missing.append(empty)
+        targets.append(np.zeros_like(target) if empty else target)
+        if empty:
             reason = (
                 f"modality {name} has nothing to learn: its target W_{name}_tot is "
                 "zero, so no threshold is defined"
             )
-    return PhaseTargets(target_a, target_b, leading, reason)
+    return PhaseTargets(targets[0], targets[1], leading, reason, tuple(missing))
 
 
 def first_crossing(times: np.ndarray, progress: np.ndarray) -> float | None:
@@ -200,15 +207,11 @@ def measure_phase_times(
         threshold was not reached.
     """
     targets = phase_targets(stats, fusion_layer)
-    if targets.missing_reason is not None:
-        return PhaseTiming(
-            None, None, None, targets.leading_modality, targets.missing_reason
-        )
     progress_a, progress_b = targets.progress(w_a, w_b)
     t_a = first_crossing(times, progress_a)
     t_b = first_crossing(times, progress_b)
-    reason = None
-    if t_a is None or t_b is None:
+    reason = targets.missing_reason
+    if reason is None and (t_a is None or t_b is None):
         missing = "A" if t_a is None else "B"
         horizon = float(np.asarray(times)[-1])
         reason = end_reason or (
