@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from unibias.numerics.data import DataStatistics
 from unibias.numerics.phases import (
     PhaseTiming,

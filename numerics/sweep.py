@@ -64,6 +64,7 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+
 from unibias.numerics.io import (
     atomic_write_json,
     package_version,
