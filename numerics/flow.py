@@ -77,18 +77,32 @@ class FlowSolution:
 
 
 def canonical_parameters(stats: DataStatistics) -> tuple[np.ndarray, float, float]:
-    """Return statistics with ``Sigma_yA, Sigma_yB >= 0`` and the signs used.
+    """Return statistics oriented for positive weights, and the signs used.
 
     Flipping the sign of ``x_A`` maps ``Sigma_yA -> -Sigma_yA`` and
     ``Sigma_AB -> -Sigma_AB`` and leaves the learning dynamics unchanged up
     to the sign of ``W_A_tot``. The width-1 and reduced models start with
-    positive weights, so they need this orientation to learn a negative
-    ``Sigma_yA``. Returns ``(params, sign_a, sign_b)`` with
+    positive weights, and a balanced product of positive weights cannot
+    change sign when ``L_f >= 2``, so each modality is oriented towards the
+    target that times it: the leading modality towards ``Sigma_yl`` (its
+    unimodal value), the trailing one towards its value at ``M_*``. The
+    trailing modality may then first shrink and later grow, as it does in
+    networks whose ``Sigma_yl`` and final weight have opposite signs.
+
+    Returns ``(params, sign_a, sign_b)`` with
     ``W_A_tot = sign_a * (model's W_A_tot)``.
     """
     params = statistics_vector(stats)
-    sign_a = -1.0 if params[3] < 0 else 1.0
-    sign_b = -1.0 if params[4] < 0 else 1.0
+    optimum = stats.optimum.ravel()
+    leading = stats.leading_modality
+    signs = []
+    for index, name in ((0, "A"), (1, "B")):
+        covariance = params[3 + index]
+        reference = covariance if name == leading else optimum[index]
+        if reference == 0:
+            reference = covariance
+        signs.append(-1.0 if reference < 0 else 1.0)
+    sign_a, sign_b = signs
     params = params.copy()
     params[1] *= sign_a * sign_b
     params[3] *= sign_a
@@ -311,9 +325,10 @@ def _timing(event_times, targets, horizon: float, reason: str | None) -> PhaseTi
         reason = targets.missing_reason
     elif t_a is None or t_b is None:
         missing = "A" if t_a is None else "B"
+        cause = reason or "the flow converged elsewhere"
         reason = (
             f"modality {missing} did not reach half of its target by "
-            f"t = {horizon:.6g} tau: {reason}"
+            f"t = {horizon:.6g} tau: {cause}"
         )
     return PhaseTiming.from_times(t_a, t_b, targets.leading_modality, reason)
 

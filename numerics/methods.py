@@ -22,6 +22,7 @@ from functools import cache
 
 import numpy as np
 import sympy as sp
+from scipy.integrate import quad
 
 from unibias.numerics.data import DataStatistics
 from unibias.numerics.flow import canonical_parameters, integrate_reduced_flow
@@ -135,15 +136,37 @@ class MethodResult:
 
 @cache
 def _closed_form_function(depth: int, fusion_layer: int) -> Callable:
+    """Return ``f(u_0, *statistics) -> (t_A, t_B)`` for the closed forms.
+
+    An unevaluated phase-1 integral over ``u`` is computed by ``quad`` in
+    ``x = ln u``: its integrand spans many decades between ``u_0 = 1e-9``
+    and 1, which defeats ``quad`` in ``u`` itself.
+    """
     timing = closed_form_timing(depth, fusion_layer)
-    # cse stays off: it would pull the integration variable of the unevaluated
-    # integral out of the quad call.
-    return sp.lambdify(
-        [INIT_SCALE, *STATISTICS.ordered],
-        [timing.t_a, timing.t_b],
-        modules=["scipy", "numpy"],
-        cse=False,
-    )
+    arguments = [INIT_SCALE, *STATISTICS.ordered]
+    duration = sp.lambdify(arguments, timing.unimodal_duration, modules="numpy")
+    if not isinstance(timing.t_a, sp.Integral):
+        leading = sp.lambdify(arguments, timing.t_a, modules="numpy")
+    else:
+        ((variable, _, _),) = timing.t_a.limits
+        integrand = sp.lambdify(
+            [variable, *arguments], timing.t_a.function, modules="numpy"
+        )
+
+        def leading(init_scale, *statistics):
+            value, _ = quad(
+                lambda x: np.exp(x) * integrand(np.exp(x), init_scale, *statistics),
+                np.log(init_scale),
+                0.0,
+                limit=200,
+            )
+            return value
+
+    def times(init_scale, *statistics):
+        t_a = float(leading(init_scale, *statistics))
+        return t_a, t_a + float(duration(init_scale, *statistics))
+
+    return times
 
 
 def closed_form(setup: TimingSetup) -> MethodResult:

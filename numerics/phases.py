@@ -78,6 +78,11 @@ class PhaseTiming:
         if reason is None and (t_a is None or t_b is None):
             missing = "A" if t_a is None else "B"
             reason = f"modality {missing} did not reach its threshold"
+        if reason is None and ratio is None:
+            reason = (
+                f"the leading modality {leading_modality} starts at or above its "
+                "threshold (t = 0), so the time ratio is undefined"
+            )
         return cls(
             None if t_a is None else float(t_a),
             None if t_b is None else float(t_b),
