@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from unibias.numerics import io as unibias_io
 from unibias.numerics.io import (
     atomic_savefig,

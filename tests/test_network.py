@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+
 from unibias.numerics.data import DataStatistics
 from unibias.numerics.network import (
     NetworkConfig,

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from unibias.numerics import sweep
 from unibias.numerics.sweep import (
     canonical_json,
