@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from unibias.cli.derive import add_derive_parser
 from unibias.numerics.data import DataStatistics
 from unibias.numerics.io import package_version, to_json_compatible
 from unibias.numerics.methods import METHODS, TimingSetup
@@ -41,7 +42,7 @@ from unibias.theory._validate import (
 )
 
 PROGRAM = "unibias"
-COMMANDS = ("run", "timing")
+COMMANDS = ("run", "timing", "derive")
 DEFAULT_OUTPUT_DIR = "unibias-output"
 TRAJECTORY_METHODS = ("reduced_ode", "gd_map", "finite_network")
 EXIT_OK, EXIT_OUTPUT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -162,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_timing_options(timing)
     timing.set_defaults(handler=_run_timing)
+    add_derive_parser(commands)
     return parser
 
 

@@ -25,9 +25,11 @@ import re
 from collections.abc import Sequence
 from functools import cache
 
+import numpy as np
 import sympy as sp
 
 from unibias.theory._validate import check_architecture
+from unibias.theory.conservation import conserved_quantities
 from unibias.theory.fixed_points import fixed_points, is_fixed_point
 from unibias.theory.model import (
     STATISTICS,
@@ -36,9 +38,10 @@ from unibias.theory.model import (
     fusion_network,
 )
 from unibias.theory.reduced import reduced_flow
+from unibias.theory.stability import stability
 from unibias.theory.timing import INIT_SCALE, closed_form_timing
 
-__all__ = ["EQUATION_KEYS", "latex_document", "latex_equations"]
+__all__ = ["EQUATION_KEYS", "latex_document", "latex_equations", "stability_latex"]
 
 EQUATION_KEYS = (
     "end_to_end_maps",
@@ -204,15 +207,10 @@ def _flow(network) -> str:
 
 
 def _conserved_quantities(network) -> list[sp.Expr]:
-    """Return the layer-pair balances of the width-1 flow, checked to be conserved."""
-    quantities = []
-    for path in (network.a, network.b):
-        pairs = zip(path[:-1], path[1:], strict=True)
-        quantities += [low**2 - high**2 for low, high in pairs]
-    if network.v:
-        quantities.append(network.a[-1] ** 2 + network.b[-1] ** 2 - network.v[0] ** 2)
-        pairs = zip(network.v[:-1], network.v[1:], strict=True)
-        quantities += [low**2 - high**2 for low, high in pairs]
+    """Return the derived conserved quantities, each checked along the flow."""
+    quantities = list(
+        conserved_quantities(network.depth, network.fusion_layer).values()
+    )
     for quantity in quantities:
         if network.time_derivative(quantity) != 0:
             raise ArithmeticError(f"{quantity} is not conserved by the derived flow")
@@ -494,7 +492,27 @@ _MISSING_TEXT = {
 }
 
 
-def _section(depth: int, fusion_layer: int) -> str:
+def stability_latex(depth: int, fusion_layer: int, statistics: dict) -> str:
+    """Return ``align`` rows with the Jacobian spectrum at each fixed point.
+
+    ``statistics`` maps the statistics symbols to numbers (for example
+    ``STATISTICS.toy(0, 2)``). Eigenvalues are in units of ``1 / tau``; a
+    positive one is a direction that escapes the point.
+    """
+    depth, fusion_layer = check_architecture(depth, fusion_layer)
+    rows = []
+    for name, report in stability(depth, fusion_layer, statistics).items():
+        label = _latex(sp.Symbol(name.replace("*", r"\ast")))
+        spectrum = np.asarray(report.numeric_eigenvalues)
+        scale = max(1.0, float(np.max(np.abs(spectrum))))
+        spectrum = np.where(np.abs(spectrum) < 1e-9 * scale, 0.0, spectrum)
+        values = ", ".join(f"{value:.4g}" for value in spectrum)
+        kind = report.kind or "not a fixed point"
+        rows.append(rf"{label} &: \lambda \in \{{{values}\}} && \text{{{kind}}}")
+    return _join(rows)
+
+
+def _section(depth: int, fusion_layer: int, statistics: dict | None = None) -> str:
     equations = latex_equations(depth, fusion_layer)
     kind = _fusion_kind(depth, fusion_layer)
     parts = [rf"\section{{Depth $L = {depth}$, fusion layer $L_f = {fusion_layer}$"
@@ -507,10 +525,23 @@ def _section(depth: int, fusion_layer: int) -> str:
         parts.append(
             f"{_SECTION_TEXT[key]}\n\\begin{{align}}\n{equations[key]}\n\\end{{align}}\n"
         )
+    if statistics is not None:
+        values = ", ".join(
+            f"${_latex(symbol)} = {float(value):.4g}$"
+            for symbol, value in statistics.items()
+        )
+        parts.append(
+            r"\subsection*{Stability of the fixed points}" "\n"
+            f"Eigenvalues of the Jacobian of the width-1 flow at {values}:\n"
+            f"\\begin{{align}}\n{stability_latex(depth, fusion_layer, statistics)}"
+            "\n\\end{align}\n"
+        )
     return "\n".join(parts)
 
 
-def latex_document(depth: int, fusion_layer: int | Sequence[int]) -> str:
+def latex_document(
+    depth: int, fusion_layer: int | Sequence[int], statistics: dict | None = None
+) -> str:
     """Return a standalone LaTeX document with the equations of each architecture.
 
     Parameters
@@ -520,6 +551,9 @@ def latex_document(depth: int, fusion_layer: int | Sequence[int]) -> str:
     fusion_layer : int or sequence of int
         ``L_f``, or several of them for one section each, every one in
         ``1 .. L``.
+    statistics : dict, optional
+        Numbers for the statistics symbols; with them each section ends with
+        the Jacobian spectra of its fixed points (see :func:`stability_latex`).
 
     Returns
     -------
@@ -545,5 +579,5 @@ def latex_document(depth: int, fusion_layer: int | Sequence[int]) -> str:
     if not layers:
         raise ValueError("fusion_layer must contain at least one layer, got []")
     checked = [check_architecture(depth, layer) for layer in layers]
-    sections = [_section(depth, layer) for depth, layer in checked]
+    sections = [_section(depth, layer, statistics) for depth, layer in checked]
     return _PREAMBLE + "\n" + "\n".join(sections) + "\n\\end{document}\n"
