@@ -16,12 +16,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from unibias.cli.derive import add_derive_parser
+from unibias.cli.science import (
+    add_generalization_parser,
+    add_preference_parser,
+    add_relu_parser,
+)
 from unibias.numerics.data import DataStatistics
 from unibias.numerics.io import package_version, to_json_compatible
 from unibias.numerics.methods import METHODS, TimingSetup
@@ -42,7 +48,7 @@ from unibias.theory._validate import (
 )
 
 PROGRAM = "unibias"
-COMMANDS = ("run", "timing", "derive")
+COMMANDS = ("run", "timing", "derive", "preference", "generalization", "relu")
 DEFAULT_OUTPUT_DIR = "unibias-output"
 TRAJECTORY_METHODS = ("reduced_ode", "gd_map", "finite_network")
 EXIT_OK, EXIT_OUTPUT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -164,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_timing_options(timing)
     timing.set_defaults(handler=_run_timing)
     add_derive_parser(commands)
+    add_preference_parser(commands)
+    add_generalization_parser(commands)
+    add_relu_parser(commands)
     return parser
 
 
@@ -431,6 +440,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ValueError, TypeError) as error:
             _print_error(error)
             return EXIT_USAGE
+        except BrokenPipeError:
+            # The reader of standard output went away, as with "| head".
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+            return EXIT_OK
         except MemoryError:
             _print_error("out of memory; reduce --width, --samples or --repeats")
             return EXIT_OUTPUT_ERROR
