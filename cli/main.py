@@ -35,6 +35,7 @@ from unibias.numerics.report import (
     DEEP_SETTING,
     format_timing_table,
     main_job_text,
+    report_inputs,
     run_deep_setting,
     time_methods,
     timing_record,
@@ -324,7 +325,7 @@ def _run_timing(args) -> int:
     finally:
         progress.close()
 
-    inputs = _timing_inputs(args, setup, report.methods)
+    inputs = _timing_inputs(args, report)
     if args.format == "json":
         print(_json_text(timing_record(report, inputs)))
     else:
@@ -350,27 +351,14 @@ def _run_timing(args) -> int:
     return EXIT_OK
 
 
-def _timing_inputs(args, setup: TimingSetup, methods: Sequence[str]) -> dict:
-    return {
-        "depth": setup.depth,
-        "fusion_layer": setup.fusion_layer,
-        "rho": float(args.rho),
-        "sigma_ratio": float(args.sigma_ratio),
-        "init_scale": setup.init_scale,
-        "width": setup.width,
-        "learning_rate": setup.learning_rate,
-        "samples": setup.samples,
-        "seed": setup.seeds[0],
-        "repeats": len(setup.seeds),
-        "seeds": list(setup.seeds),
-        "epochs": setup.epochs,
-        "init_scheme": setup.init_scheme,
-        "methods": list(methods),
+def _timing_inputs(args, report) -> dict:
+    inputs = report_inputs(report)
+    inputs.update({
         "format": args.format,
         "plot": None if args.plot is None else str(args.plot),
         "latex": None if args.latex is None else str(args.latex),
-        "unibias_version": package_version("unibias"),
-    }
+    })
+    return inputs
 
 
 def _run_main_job(args) -> int:

@@ -41,7 +41,12 @@ import numpy as np
 
 from unibias.numerics.data import DataStatistics
 from unibias.numerics.network import NetworkConfig, NetworkWeights, init_weights
-from unibias.theory._validate import check_integer, check_positive, check_real
+from unibias.theory._validate import (
+    check_integer,
+    check_positive,
+    check_real,
+    check_seeds,
+)
 
 __all__ = [
     "FUSION_LAYERS",
@@ -198,10 +203,12 @@ def train_two_layer(
                 (state.branch_a[0], state.fusion_a, residual_a),
                 (state.branch_b[0], state.fusion_b, residual_b),
             ):
-                steps.append((
-                    block @ np.swapaxes(branch, -1, -2),
-                    np.swapaxes(top, -1, -2) @ block,
-                ))
+                steps.append(
+                    (
+                        block @ np.swapaxes(branch, -1, -2),
+                        np.swapaxes(top, -1, -2) @ block,
+                    )
+                )
             (top_a, branch_a), (top_b, branch_b) = steps
             state.fusion_a += learning_rate * top_a
             state.fusion_b += learning_rate * top_b
@@ -356,15 +363,6 @@ class GeneralizationReport:
         }
 
 
-def _check_seeds(seeds) -> list[int]:
-    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence):
-        raise TypeError(f"seeds must be a sequence of integers, got {seeds!r}")
-    seeds = [check_integer(f"seeds[{i}]", seed, 0) for i, seed in enumerate(seeds)]
-    if not seeds:
-        raise ValueError("seeds must contain at least one seed, got an empty sequence")
-    return seeds
-
-
 def run_generalization(
     samples: int,
     seeds: Sequence[int] = (0,),
@@ -399,7 +397,7 @@ def run_generalization(
     GeneralizationReport
     """
     samples = check_integer("samples", samples, 1)
-    seeds = _check_seeds(seeds)
+    seeds = check_seeds(seeds)
     population = paper_statistics() if population is None else population
     if not isinstance(population, DataStatistics) or population.teacher is None:
         raise TypeError(
@@ -422,8 +420,13 @@ def run_generalization(
     results = {}
     for name, fusion_layer in FUSION_LAYERS.items():
         config = NetworkConfig(
-            depth=2, fusion_layer=fusion_layer, width=width, init_scale=init_scale,
-            learning_rate=learning_rate, epochs=epochs, samples=samples,
+            depth=2,
+            fusion_layer=fusion_layer,
+            width=width,
+            init_scale=init_scale,
+            learning_rate=learning_rate,
+            epochs=epochs,
+            samples=samples,
             init_scheme="entry",
         )
         weights = init_weights(config, dims, generators[name])
@@ -444,9 +447,13 @@ def run_generalization(
         axis=1,
     )
     settings = {
-        "width": width, "learning_rate": learning_rate, "epochs": epochs,
-        "init_scale": init_scale, "init_scheme": "entry",
-        "dim_a": population.dim_a, "dim_b": population.dim_b,
+        "width": width,
+        "learning_rate": learning_rate,
+        "epochs": epochs,
+        "init_scale": init_scale,
+        "init_scheme": "entry",
+        "dim_a": population.dim_a,
+        "dim_b": population.dim_b,
         "noise_std": population.noise_std,
     }
     return GeneralizationReport(
@@ -486,11 +493,20 @@ def plot_generalization(report: GeneralizationReport, ax=None):
         result = getattr(report, name)
         color, label = styles[name]
         for index, curve in enumerate(result.generalization_error):
-            ax.plot(result.times, curve, color=color, linewidth=1.2,
-                    alpha=1.0 if len(result.generalization_error) == 1 else 0.6,
-                    label=label if index == 0 else None)
-    ax.axhline(report.unimodal_generalization_error, color="gray", linestyle=":",
-               label="population unimodal solution $M_A$")
+            ax.plot(
+                result.times,
+                curve,
+                color=color,
+                linewidth=1.2,
+                alpha=1.0 if len(result.generalization_error) == 1 else 0.6,
+                label=label if index == 0 else None,
+            )
+    ax.axhline(
+        report.unimodal_generalization_error,
+        color="gray",
+        linestyle=":",
+        label="population unimodal solution $M_A$",
+    )
     ax.axhline(report.noise_floor, color="black", linestyle=":", label="noise floor")
     ax.set_xlabel(r"time $t$ ($\tau$ = learning rate $\times$ epochs)")
     ax.set_ylabel(r"generalisation error $E_g$")

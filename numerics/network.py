@@ -47,6 +47,7 @@ from unibias.theory._validate import (
     check_integer,
     check_positive,
     check_real,
+    check_seeds,
 )
 
 DIVERGENCE_FACTOR = 1e6
@@ -231,7 +232,11 @@ class NetworkWeights:
     def arrays(self) -> list[np.ndarray]:
         """Return every weight array: A branch, B branch, fusion A, fusion B, shared."""
         return [
-            *self.branch_a, *self.branch_b, self.fusion_a, self.fusion_b, *self.shared
+            *self.branch_a,
+            *self.branch_b,
+            self.fusion_a,
+            self.fusion_b,
+            *self.shared,
         ]
 
     def replaced(self, arrays: Sequence[np.ndarray]) -> NetworkWeights:
@@ -418,10 +423,20 @@ def _descent_direction(
         upstream = _transpose(weights.shared[j]) @ upstream
 
     paths = (
-        ("a", weights.branch_a, weights.fusion_a, forward.below_a,
-         upstream[..., :dim_a]),
-        ("b", weights.branch_b, weights.fusion_b, forward.below_b,
-         upstream[..., dim_a:]),
+        (
+            "a",
+            weights.branch_a,
+            weights.fusion_a,
+            forward.below_a,
+            upstream[..., :dim_a],
+        ),
+        (
+            "b",
+            weights.branch_b,
+            weights.fusion_b,
+            forward.below_b,
+            upstream[..., dim_a:],
+        ),
     )
     directions = []
     for name, branch, fusion, below, up in paths:
@@ -549,8 +564,7 @@ class NetworkRun:
             count = len(self.timings)
             if len(missed) == count:
                 reason = (
-                    f"none of the {count} runs reached both thresholds "
-                    f"(first: {first})"
+                    f"none of the {count} runs reached both thresholds (first: {first})"
                 )
             else:
                 reason = (
@@ -587,15 +601,6 @@ def _statistics_per_run(statistics, count: int, item_name: str) -> list[DataStat
             f"{sorted(dims)}"
         )
     return statistics
-
-
-def _check_seeds(seeds) -> list[int]:
-    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence):
-        raise TypeError(f"seeds must be a sequence of integers, got {seeds!r}")
-    seeds = [check_integer(f"seeds[{i}]", seed, 0) for i, seed in enumerate(seeds)]
-    if not seeds:
-        raise ValueError("seeds must contain at least one seed, got an empty sequence")
-    return seeds
 
 
 class _ThresholdTracker:
@@ -702,7 +707,7 @@ def train_networks(
     """
     if not isinstance(config, NetworkConfig):
         raise TypeError(f"config must be a NetworkConfig, got {type(config).__name__}")
-    seeds = _check_seeds(seeds)
+    seeds = check_seeds(seeds)
     statistics = _statistics_per_run(statistics, len(seeds), "seed")
     record_every = check_integer("record_every", record_every, 1)
     continue_factor = check_real("continue_factor", continue_factor)
@@ -718,8 +723,12 @@ def train_networks(
     weights = init_weights(config, dims, rngs)
     with np.errstate(all="ignore"):
         trajectory = _run_descent(
-            weights, training, config, record_every,
-            continue_factor if stop_when_learned else None, progress,
+            weights,
+            training,
+            config,
+            record_every,
+            continue_factor if stop_when_learned else None,
+            progress,
         )
     times, w_total, loss, diverged, final_weights = trajectory
 
@@ -740,8 +749,16 @@ def train_networks(
             timing = PhaseTiming(None, None, None, leading, reason)
         timings.append(timing)
     return NetworkRun(
-        times, w_a, w_b, loss, training, timings, seeds, config,
-        diverged_epochs=diverged, final_weights=final_weights,
+        times,
+        w_a,
+        w_b,
+        loss,
+        training,
+        timings,
+        seeds,
+        config,
+        diverged_epochs=diverged,
+        final_weights=final_weights,
     )
 
 
@@ -752,10 +769,12 @@ def _run_descent(weights, training, config, record_every, continue_factor, progr
     optimum = np.stack([stats.optimum for stats in training])
     # loss(W) = loss(M_*) + 1/2 tr((W - W*) Sigma (W - W*)^T)
     #         = loss(M_*) - 1/2 <W - W*, R>, which avoids cancellation near M_*.
-    minimum_loss = np.array([
-        0.5 * (stats.total_y_second_moment - np.sum(stats.sigma_yx * w_star))
-        for stats, w_star in zip(training, optimum, strict=True)
-    ])
+    minimum_loss = np.array(
+        [
+            0.5 * (stats.total_y_second_moment - np.sum(stats.sigma_yx * w_star))
+            for stats, w_star in zip(training, optimum, strict=True)
+        ]
+    )
     zero_weight_loss = np.array([0.5 * s.total_y_second_moment for s in training])
     batch = len(training)
     eta = config.learning_rate
@@ -808,12 +827,14 @@ def _run_descent(weights, training, config, record_every, continue_factor, progr
         weights, spare = new_weights, weights
         tracker.update(epoch, forward.w_total, active)
         if continue_factor is not None and last_epoch == config.epochs:
-            last_epoch = _early_stop_epoch(tracker, active, continue_factor, epoch,
-                                           config.epochs)
+            last_epoch = _early_stop_epoch(
+                tracker, active, continue_factor, epoch, config.epochs
+            )
         if epoch % record_every == 0 or epoch == last_epoch:
             record(epoch)
-        if progress is not None and (epoch % PROGRESS_INTERVAL == 0
-                                     or epoch == last_epoch):
+        if progress is not None and (
+            epoch % PROGRESS_INTERVAL == 0 or epoch == last_epoch
+        ):
             progress(epoch, last_epoch)
 
     times = eta * np.array(epochs_recorded, dtype=float)

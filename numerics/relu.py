@@ -55,6 +55,7 @@ from unibias.theory._validate import (
     check_integer,
     check_open_interval,
     check_positive,
+    check_seeds,
 )
 
 __all__ = [
@@ -361,15 +362,6 @@ def _median_timing(timings: list[PhaseTiming]) -> PhaseTiming:
     )
 
 
-def _check_seeds(seeds) -> list[int]:
-    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence):
-        raise TypeError(f"seeds must be a sequence of integers, got {seeds!r}")
-    seeds = [check_integer(f"seeds[{i}]", seed, 0) for i, seed in enumerate(seeds)]
-    if not seeds:
-        raise ValueError("seeds must contain at least one seed, got an empty sequence")
-    return seeds
-
-
 def time_relu_toy(
     rho: float = 0.0,
     sigma_ratio: float = 2.0,
@@ -411,12 +403,18 @@ def time_relu_toy(
     sigma_ratio = check_positive("sigma_ratio", sigma_ratio)
     fusion_layer = check_integer("fusion_layer", fusion_layer, 1, 2)
     samples = check_integer("samples", samples, 3)
-    seeds = _check_seeds(seeds)
+    seeds = check_seeds(seeds)
     population = DataStatistics.toy(rho=rho, sigma_ratio=sigma_ratio)
     settings = {
-        "rho": rho, "sigma_ratio": sigma_ratio, "samples": samples, "width": width,
-        "init_scale": init_scale, "learning_rate": learning_rate, "epochs": epochs,
-        "seeds": seeds, "relu_product_factor": RELU_PRODUCT_FACTOR,
+        "rho": rho,
+        "sigma_ratio": sigma_ratio,
+        "samples": samples,
+        "width": width,
+        "init_scale": init_scale,
+        "learning_rate": learning_rate,
+        "epochs": epochs,
+        "seeds": seeds,
+        "relu_product_factor": RELU_PRODUCT_FACTOR,
     }
 
     timings = {"relu": [], "linear": []}
@@ -435,14 +433,28 @@ def time_relu_toy(
                 )
 
             run = train_relu_network(
-                x_a, x_b, y, rng, fusion_layer=fusion_layer, activation=activation,
-                width=width, init_scale=init_scale, learning_rate=learning_rate,
-                epochs=epochs, record_every=1, progress=progress,
+                x_a,
+                x_b,
+                y,
+                rng,
+                fusion_layer=fusion_layer,
+                activation=activation,
+                width=width,
+                init_scale=init_scale,
+                learning_rate=learning_rate,
+                epochs=epochs,
+                record_every=1,
+                progress=progress,
             )
-            timings[activation].append(measure_phase_times(
-                run.times, run.product_a[:, None, :] / factor,
-                run.product_b[:, None, :] / factor, training, fusion_layer,
-            ))
+            timings[activation].append(
+                measure_phase_times(
+                    run.times,
+                    run.product_a[:, None, :] / factor,
+                    run.product_b[:, None, :] / factor,
+                    training,
+                    fusion_layer,
+                )
+            )
     theory = linear_late_fusion_ratio(population) if fusion_layer == 2 else None
     return ToyTiming(
         relu=_median_timing(timings["relu"]),
@@ -548,7 +560,7 @@ def time_relu_xor(
     XorTiming
     """
     fusion_layer = check_integer("fusion_layer", fusion_layer, 1, 2)
-    seeds = _check_seeds(seeds)
+    seeds = check_seeds(seeds)
     times_a, times_b, finals_a, finals_b = [], [], [], []
     for seed in seeds:
         rng = np.random.default_rng(seed)
@@ -558,9 +570,18 @@ def time_relu_xor(
             return output @ y_a / (y_a @ y_a), output @ y_b / (y_b @ y_b)
 
         run = train_relu_network(
-            x_a, x_b, y, rng, fusion_layer=fusion_layer, activation="relu",
-            width=width, init_scale=init_scale, learning_rate=learning_rate,
-            epochs=epochs, record_every=1, progress=progress,
+            x_a,
+            x_b,
+            y,
+            rng,
+            fusion_layer=fusion_layer,
+            activation="relu",
+            width=width,
+            init_scale=init_scale,
+            learning_rate=learning_rate,
+            epochs=epochs,
+            record_every=1,
+            progress=progress,
         )
         times_a.append(first_crossing(run.times, run.progress_a))
         times_b.append(first_crossing(run.times, run.progress_b))
@@ -577,12 +598,20 @@ def time_relu_xor(
     if t_a is not None and t_b is not None:
         learned_first = "A" if t_a < t_b else "B"
     settings = {
-        "samples": samples, "width": width, "init_scale": init_scale,
-        "learning_rate": learning_rate, "epochs": epochs, "seeds": seeds,
-        "target_a": "x_A1 * x_A2", "target_b": "x_B",
+        "samples": samples,
+        "width": width,
+        "init_scale": init_scale,
+        "learning_rate": learning_rate,
+        "epochs": epochs,
+        "seeds": seeds,
+        "target_a": "x_A1 * x_A2",
+        "target_b": "x_B",
     }
     return XorTiming(
-        fusion_layer=fusion_layer, t_a=t_a, t_b=t_b, learned_first=learned_first,
+        fusion_layer=fusion_layer,
+        t_a=t_a,
+        t_b=t_b,
+        learned_first=learned_first,
         final_progress_a=float(np.median(finals_a)),
         final_progress_b=float(np.median(finals_b)),
         settings=settings,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 
 MAX_DEPTH = 10
 """Largest network depth ``L`` the symbolic model builds."""
@@ -58,3 +59,13 @@ def check_architecture(
     depth = check_integer("depth", depth, 1, max_depth)
     fusion_layer = check_integer("fusion_layer", fusion_layer, 1, depth)
     return depth, fusion_layer
+
+
+def check_seeds(seeds) -> list[int]:
+    """Return ``seeds`` as a non-empty list of non-negative integers."""
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence):
+        raise TypeError(f"seeds must be a sequence of integers, got {seeds!r}")
+    seeds = [check_integer(f"seeds[{i}]", seed, 0) for i, seed in enumerate(seeds)]
+    if not seeds:
+        raise ValueError("seeds must contain at least one seed, got an empty sequence")
+    return seeds
