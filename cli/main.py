@@ -29,6 +29,7 @@ from unibias.cli.science import (
     add_relu_parser,
 )
 from unibias.numerics.data import DataStatistics
+from unibias.numerics.data_files import load_statistics
 from unibias.numerics.io import package_version, to_json_compatible
 from unibias.numerics.methods import METHODS, TimingSetup
 from unibias.numerics.report import (
@@ -107,6 +108,11 @@ def _add_timing_options(parser: argparse.ArgumentParser) -> None:
         help="correlation of the two modalities, in (-1, 1) (default: 0)")
     add("--sigma-ratio", type=float, default=2.0,
         help="standard deviation ratio sigma_A/sigma_B, positive (default: 2)")
+    add("--data-stats", type=Path, metavar="FILE",
+        help="read the data statistics from FILE (.json or .npz, see the README) "
+        "instead of the toy data set; --rho and --sigma-ratio are then ignored. "
+        "Vector modalities are timed by the late-fusion formula and the "
+        "full-matrix flow of a small network")
     add("--init", dest="init_scale", type=float, default=0.1,
         help="initial scale u_0 of each layer, in (0, 1) (default: 0.1)")
     add("--width", type=int, default=100,
@@ -245,7 +251,10 @@ def _timing_setup(args) -> TimingSetup:
     samples = check_integer("--samples", args.samples, 3)
     epochs = check_integer("--epochs", args.epochs, 1)
     seeds = _check_seeds(args.seed, args.repeats)
-    statistics = DataStatistics.toy(rho=rho, sigma_ratio=sigma_ratio)
+    if args.data_stats is None:
+        statistics = DataStatistics.toy(rho=rho, sigma_ratio=sigma_ratio)
+    else:
+        statistics = load_statistics(args.data_stats)
     return TimingSetup(
         statistics, depth, fusion_layer, init_scale=init_scale, width=width,
         learning_rate=learning_rate, samples=samples, seeds=seeds, epochs=epochs,
@@ -302,8 +311,40 @@ def _write_output(path: Path, write) -> None:
         raise OSError(f"cannot write {path}: {error.strerror or error}") from error
 
 
+def _run_general_timing(args, setup: TimingSetup) -> int:
+    """Time statistics with vector modalities: formula and full-matrix flow."""
+    from unibias.numerics.general_timing import timing_report
+
+    report = timing_report(
+        setup.statistics, setup.depth, setup.fusion_layer, setup.init_scale,
+        seeds=setup.seeds if len(setup.seeds) > 1 else (setup.seeds[0],),
+        init_scheme=setup.init_scheme,
+    )
+    if args.format == "json":
+        print(_json_text(report))
+        return EXIT_OK
+    print(f"Leading modality: {report['leading_modality']}")
+    formula = report["two_layer_formula"]
+    rows = [("late-fusion formula", formula), ("matrix flow", report["matrix_flow"])]
+    print(f"{'method':<22}{'t_A (tau)':>14}{'t_B (tau)':>14}{'t_B/t_A':>10}")
+    for label, values in rows:
+        if values is None:
+            print(f"{label:<22}{'n/a (not late fusion)':>38}")
+            continue
+        cells = [
+            "not reached" if values[key] is None else f"{values[key]:.4g}"
+            for key in ("t_a", "t_b", "time_ratio")
+        ]
+        print(f"{label:<22}{cells[0]:>14}{cells[1]:>14}{cells[2]:>10}")
+        if values.get("reason"):
+            print(f"  {label}: {values['reason']}")
+    return EXIT_OK
+
+
 def _run_timing(args) -> int:
     setup = _timing_setup(args)
+    if not setup.statistics.is_scalar:
+        return _run_general_timing(args, setup)
     methods = _parse_methods(args.methods)
     if args.plot is not None:
         _check_figure_path(args.plot)
