@@ -31,7 +31,7 @@ from unibias.cli.science import (
 from unibias.numerics.data import DataStatistics
 from unibias.numerics.data_files import load_statistics
 from unibias.numerics.io import package_version, to_json_compatible
-from unibias.numerics.methods import METHODS, TimingSetup
+from unibias.numerics.methods import DEFAULT_METHODS, METHODS, TimingSetup
 from unibias.numerics.report import (
     DEEP_SETTING,
     format_timing_table,
@@ -50,9 +50,10 @@ from unibias.theory._validate import (
 )
 
 PROGRAM = "unibias"
+MIN_INIT_SCALE = 1e-12
 COMMANDS = ("run", "timing", "derive", "preference", "generalization", "relu")
 DEFAULT_OUTPUT_DIR = "unibias-output"
-TRAJECTORY_METHODS = ("reduced_ode", "gd_map", "finite_network")
+TRAJECTORY_METHODS = ("reduced_ode", "gd_map", "finite_network", "width_aware")
 EXIT_OK, EXIT_OUTPUT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -102,8 +103,9 @@ def _add_main_job_options(parser: argparse.ArgumentParser) -> None:
 def _add_timing_options(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--depth", type=int, default=4, help="number of layers L (default: 4)")
-    add("--fusion-layer", type=int, default=3,
-        help="layer L_f that first sees both modalities, 1 <= L_f <= L (default: 3)")
+    add("--fusion-layer", type=int, default=None,
+        help="layer L_f that first sees both modalities, 1 <= L_f <= L "
+        "(default: 3, or L when L < 3)")
     add("--rho", type=float, default=0.0,
         help="correlation of the two modalities, in (-1, 1) (default: 0)")
     add("--sigma-ratio", type=float, default=2.0,
@@ -132,9 +134,9 @@ def _add_timing_options(parser: argparse.ArgumentParser) -> None:
     add("--init-scheme", choices=("norm", "entry"), default="norm",
         help="'norm': each layer has norm about u_0; 'entry': each entry has "
         "standard deviation u_0 (default: norm)")
-    add("--methods", default=",".join(METHODS),
+    add("--methods", default=",".join(DEFAULT_METHODS),
         help=f"comma-separated methods to run, from {', '.join(METHODS)} "
-        "(default: all)")
+        "(default: all but width_aware)")
     add("--format", choices=("table", "json"), default="table",
         help="'table' prints a text table; 'json' prints one JSON object "
         "(default: table)")
@@ -239,12 +241,19 @@ def _check_figure_path(path: Path) -> None:
 def _timing_setup(args) -> TimingSetup:
     """Check the options of ``unibias timing`` and return the configuration."""
     depth = check_integer("--depth", args.depth, 1, MAX_DEPTH)
+    if args.fusion_layer is None:
+        args.fusion_layer = min(3, depth)
     fusion_layer = check_integer("--fusion-layer", args.fusion_layer, 1, depth)
     rho = check_open_interval("--rho", args.rho, -1.0, 1.0)
     sigma_ratio = check_positive("--sigma-ratio", args.sigma_ratio)
     # The phase thresholds and the small-initialisation theory assume that the
     # weights start below their targets, which u_0 < 1 gives on toy data.
     init_scale = check_open_interval("--init", args.init_scale, 0.0, 1.0)
+    if init_scale < MIN_INIT_SCALE:
+        raise ValueError(
+            f"--init must lie in [{MIN_INIT_SCALE:g}, 1), got {init_scale:g}: smaller "
+            "starts underflow the width-1 products in float64"
+        )
     width = check_integer("--width", args.width, 1)
     learning_rate = check_positive("--lr", args.learning_rate)
     # The sample covariance of x = (x_A, x_B) is invertible only for 3 or more samples.
@@ -279,6 +288,8 @@ class _ProgressBar:
 
             self._bar = tqdm(
                 total=total, file=sys.stderr, desc=PROGRAM, leave=False,
+                # None turns the bar off when stderr is not a terminal.
+                disable=None,
                 bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}"
                 "{postfix}",
             )
@@ -412,7 +423,7 @@ def _run_main_job(args) -> int:
             f"cannot create output folder {output_dir}: {error.strerror or error}"
         ) from error
 
-    tasks = len(DEEP_SETTING["fusion_layers"]) * len(METHODS)
+    tasks = len(DEEP_SETTING["fusion_layers"]) * len(DEFAULT_METHODS)
     progress = _ProgressBar(tasks, enabled=not args.no_progress)
     try:
         reports = run_deep_setting(seeds=seeds, progress=progress)
@@ -422,7 +433,7 @@ def _run_main_job(args) -> int:
 
     config = dict(
         DEEP_SETTING, fusion_layers=list(DEEP_SETTING["fusion_layers"]),
-        seeds=list(seeds), methods=list(METHODS),
+        seeds=list(seeds), methods=list(DEFAULT_METHODS),
     )
     paths = write_main_outputs(reports, output_dir, config=config)
     print(f"\nWrote {', '.join(path.name for path in paths)} to {output_dir}")

@@ -20,6 +20,10 @@ from unibias.theory._validate import (
     check_real,
 )
 
+MIN_SIGMA_RATIO, MAX_SIGMA_RATIO = 1e-6, 1e6
+"""Range of ``sigma_A / sigma_B`` for the toy data; beyond it ``Sigma`` is singular
+to float64 precision."""
+
 SYMMETRY_TOLERANCE = 1e-8
 """Largest ``|Sigma - Sigma^T|`` entry, over ``max |Sigma|``, accepted as symmetric."""
 
@@ -157,6 +161,11 @@ class DataStatistics:
         """
         rho = check_open_interval("rho", rho, -1.0, 1.0)
         sigma_a = check_positive("sigma_ratio", sigma_ratio)
+        if not MIN_SIGMA_RATIO <= sigma_a <= MAX_SIGMA_RATIO:
+            raise ValueError(
+                f"sigma_ratio must lie in [{MIN_SIGMA_RATIO:g}, {MAX_SIGMA_RATIO:g}], "
+                f"got {sigma_a:g}"
+            )
         teacher = np.array(teacher, dtype=float).reshape(1, -1)
         if teacher.shape != (1, 2):
             raise ValueError(f"teacher must have 2 entries, got {teacher.size}")
@@ -379,8 +388,9 @@ class DataStatistics:
         """Draw ``count`` Gaussian samples ``(x_a, x_b, y)`` with these statistics.
 
         With a teacher, ``x ~ N(0, Sigma)`` and ``y = w* x + noise``. Without
-        one, ``(x, y)`` is drawn jointly Gaussian, which needs
-        ``y_second_moment`` for a scalar output.
+        one, ``(x, y)`` is drawn jointly Gaussian with ``E y^2 =
+        y_second_moment`` (scalar output only), or, without
+        ``y_second_moment``, ``y = Sigma_yx Sigma^-1 x`` without noise.
 
         Returns
         -------
@@ -403,10 +413,17 @@ class DataStatistics:
         return x[:, : self.dim_a], x[:, self.dim_a :], y
 
     def _sample_joint(self, count: int, rng: np.random.Generator):
-        if self.dim_y != 1 or self.y_second_moment is None:
+        if self.y_second_moment is None:
+            # Without E||y||^2 the statistics describe noise-free data:
+            # y = W_* x with W_* = Sigma_yx Sigma^-1.
+            x = rng.multivariate_normal(
+                np.zeros(self.dim), self.sigma, size=count, method="cholesky"
+            )
+            return x, x @ self.optimum.T
+        if self.dim_y != 1:
             raise ValueError(
-                "sampling statistics without a teacher needs a scalar output and "
-                "y_second_moment"
+                "sampling statistics with y_second_moment but without a teacher "
+                f"needs a scalar output, got d_y={self.dim_y}; give a teacher instead"
             )
         joint = np.block(
             [

@@ -248,13 +248,27 @@ def finite_network(
     return MethodResult("finite_network", run.median_timing(), first, trajectories)
 
 
+def width_aware(setup: TimingSetup) -> MethodResult:
+    """Iterate the width-1 map from the effective scales of a width-``N`` start.
+
+    See :func:`unibias.numerics.width_aware.width_aware`.
+    """
+    from unibias.numerics.width_aware import width_aware as predict
+
+    return predict(setup)
+
+
 METHODS: dict[str, Callable[[TimingSetup], MethodResult]] = {
     "closed_form": closed_form,
     "reduced_ode": reduced_ode,
     "gd_map": gd_map,
     "finite_network": finite_network,
+    "width_aware": width_aware,
 }
 """Registry of timing methods, in the order tables list them."""
+
+DEFAULT_METHODS = ("closed_form", "reduced_ode", "gd_map", "finite_network")
+"""Methods run when none are named: the width-aware prediction is opt-in."""
 
 
 def check_methods(names) -> list[str]:

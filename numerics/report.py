@@ -33,6 +33,7 @@ from unibias.numerics.io import (
     run_metadata,
 )
 from unibias.numerics.methods import (
+    DEFAULT_METHODS,
     METHODS,
     MethodResult,
     TimingSetup,
@@ -63,6 +64,7 @@ METHOD_LABELS = {
     "reduced_ode": "exact flow",
     "gd_map": "gradient-descent map",
     "finite_network": "finite network",
+    "width_aware": "width-aware map",
 }
 """Table label of each method of :data:`~unibias.numerics.methods.METHODS`."""
 
@@ -206,7 +208,7 @@ def deep_setting_setups(seeds: Sequence[int] = (0,)) -> list[TimingSetup]:
 
 def run_deep_setting(
     seeds: Sequence[int] = (0,),
-    methods: Sequence[str] = tuple(METHODS),
+    methods: Sequence[str] = DEFAULT_METHODS,
     progress: ProgressCallback | None = None,
 ) -> list[TimingReport]:
     """Time every fusion layer of :data:`DEEP_SETTING` with every method.
@@ -281,7 +283,8 @@ def _time_cell(value, digits: str) -> str:
 def format_timing_table(report: TimingReport) -> str:
     """Return the text table of ``report``, one row per method that ran.
 
-    Columns are ``t_A`` and ``t_B`` in units of ``tau`` and ``t_B/t_A``; a
+    Columns are ``t_A`` and ``t_B`` in units of ``tau`` and the time ratio,
+    trailing over leading (``t_B/t_A`` when A leads, ``t_A/t_B`` otherwise); a
     time that was not reached reads "not reached" and its reason follows
     the table. The last lines give the leading modality and the
     mis-attribution.
@@ -293,7 +296,8 @@ def format_timing_table(report: TimingReport) -> str:
         f"{_data_text(report.statistics)}, u_0 = {setup.init_scale:g}",
         "Times in units of tau (learning rate x epochs for gradient descent).",
     ]
-    header = f"{'method':<22}{'t_A':>13}{'t_B':>13}{'t_B/t_A':>13}"
+    ratio = "t_B/t_A" if report.leading_modality == "A" else "t_A/t_B"
+    header = f"{'method':<22}{'t_A':>13}{'t_B':>13}{ratio:>13}"
     lines += [header, "-" * len(header)]
     notes = []
     for name in report.methods:
@@ -308,7 +312,7 @@ def format_timing_table(report: TimingReport) -> str:
             notes.append(f"  {label}: {timing.reason}")
         elif timing.time_ratio is None:
             notes.append(
-                f"  {label}: t_B/t_A is undefined because the leading modality's time "
+                f"  {label}: {ratio} is undefined because the leading modality's time "
                 "is not positive, which happens when u_0 is not small"
             )
     if notes:

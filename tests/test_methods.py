@@ -78,14 +78,16 @@ def test_gd_map_predicts_two_layer_networks(rho, sigma_ratio):
 
 
 def test_registry_names():
-    assert list(METHODS) == ["closed_form", "reduced_ode", "gd_map", "finite_network"]
+    assert list(METHODS) == [
+        "closed_form", "reduced_ode", "gd_map", "finite_network", "width_aware",
+    ]
 
 
 def test_run_methods_rejects_unknown_name():
     setup = TimingSetup(DataStatistics.toy(), depth=2, fusion_layer=2)
     message = (
         "unknown method 'bogus'; valid methods are closed_form, reduced_ode, "
-        "gd_map, finite_network"
+        "gd_map, finite_network, width_aware"
     )
     with pytest.raises(ValueError, match=re.escape(message)):
         run_methods(setup, ["closed_form", "bogus"])
