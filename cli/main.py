@@ -7,8 +7,9 @@ figure and the derived equations into ``unibias-output/``.
 ``unibias timing`` times one configuration of the toy data set.
 
 Exit status: 0 on success (also when a threshold is not reached, which the
-output reports with its reason), 1 when an output file cannot be written or
-memory runs out, 2 for invalid input, 130 on Ctrl-C. Every error is one line
+output reports with its reason), 1 when an output file cannot be written,
+memory runs out or a computation fails numerically, 2 for invalid input, 130
+on Ctrl-C. Every error is one line
 on stderr that starts with ``unibias: error:``.
 """
 
@@ -480,6 +481,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ValueError, TypeError) as error:
             _print_error(error)
             return EXIT_USAGE
+        except ArithmeticError as error:
+            # A numerical failure the command could not report in its output.
+            _print_error(f"numerical failure: {error}")
+            return EXIT_OUTPUT_ERROR
         except BrokenPipeError:
             # The reader of standard output went away, as with "| head".
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115

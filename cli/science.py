@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from unibias.numerics.io import package_version, to_json_compatible
@@ -287,6 +288,18 @@ def _run_generalization(args) -> int:
         init_scale=init_scale,
     )
     record = report.to_dict()
+    for name in ("early", "late"):
+        errors = (
+            record[name]["min_generalization_error"],
+            record[name]["final_generalization_error"],
+        )
+        if not all(math.isfinite(value) for value in errors):
+            # NOTE: divergence is detected only after training; the report
+            # holds no partial numbers for the diverged fusion type.
+            raise ArithmeticError(
+                f"{name} fusion diverged at learning rate {learning_rate:g}, so "
+                "there is no generalisation error to report; lower --lr"
+            )
     if args.format == "json":
         record["unibias_version"] = package_version("unibias")
         print(_json_text(record))
