@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from unibias.cli.derive import add_derive_parser
+from unibias.cli.reproduce import add_reproduce_parser
 from unibias.cli.science import (
     add_generalization_parser,
     add_preference_parser,
@@ -52,7 +53,9 @@ from unibias.theory._validate import (
 
 PROGRAM = "unibias"
 MIN_INIT_SCALE = 1e-12
-COMMANDS = ("run", "timing", "derive", "preference", "generalization", "relu")
+COMMANDS = (
+    "run", "timing", "derive", "preference", "generalization", "relu", "reproduce",
+)
 DEFAULT_OUTPUT_DIR = "unibias-output"
 TRAJECTORY_METHODS = ("reduced_ode", "gd_map", "finite_network", "width_aware")
 EXIT_OK, EXIT_OUTPUT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -183,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_preference_parser(commands)
     add_generalization_parser(commands)
     add_relu_parser(commands)
+    add_reproduce_parser(commands)
     return parser
 
 
