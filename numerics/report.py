@@ -470,7 +470,8 @@ show a different t_B/t_A than the width-1 prediction.
 def main_job_text(reports: Sequence[TimingReport]) -> str:
     """Return the text of ``timing.txt``: every table, then a note on the gap."""
     tables = "\n\n".join(format_timing_table(report) for report in reports)
-    return f"{tables}\n\n{_GAP_NOTE}"
+    version = f"unibias {package_version('unibias')}"
+    return f"{version}\n\n{tables}\n\n{_GAP_NOTE}"
 
 
 def _write(path: Path, writer: Callable[[Path], object]) -> Path:
