@@ -61,6 +61,20 @@ plateau. Below it the trailing modality rises while the leading one is still
 growing, and the slowest point of the window is not a unimodal plateau."""
 
 
+def _network_config(point: dict, depth: int, fusion_layer: int, epochs_key: str):
+    """Return the finite-network configuration a sweep point describes."""
+    return NetworkConfig(
+        depth=depth,
+        fusion_layer=fusion_layer,
+        width=point["width"],
+        init_scale=point["init_scale"],
+        learning_rate=point["learning_rate"],
+        epochs=point[epochs_key],
+        samples=point["samples"],
+        init_scheme=point["init_scheme"],
+    )
+
+
 def network_seeds(seed: int, count: int) -> list[int]:
     """Return ``count`` independent seeds in ``[0, 2**63)`` derived from ``seed``."""
     state = np.random.SeedSequence(seed).generate_state(count, dtype=np.uint64)
@@ -149,16 +163,7 @@ def deep_timing(point: dict, seed: int) -> dict:
         )
         return _timing_record(solution.timing)
     if method == "finite_network":
-        config = NetworkConfig(
-            depth=depth,
-            fusion_layer=fusion_layer,
-            width=point["width"],
-            init_scale=point["init_scale"],
-            learning_rate=point["learning_rate"],
-            epochs=point["max_epochs"],
-            samples=point["samples"],
-            init_scheme=point["init_scheme"],
-        )
+        config = _network_config(point, depth, fusion_layer, "max_epochs")
         run = train_networks(stats, config, network_seeds(seed, point["seeds"]))
         return _network_record(run)
     raise ValueError(
@@ -194,16 +199,7 @@ def loss_curve(point: dict, seed: int) -> dict:
     depth, fusion_layer = point["depth"], point["fusion_layer"]
     horizon = point["learning_rate"] * point["epochs"]
     if point["method"] == "finite_network":
-        config = NetworkConfig(
-            depth=depth,
-            fusion_layer=fusion_layer,
-            width=point["width"],
-            init_scale=point["init_scale"],
-            learning_rate=point["learning_rate"],
-            epochs=point["epochs"],
-            samples=point["samples"],
-            init_scheme=point["init_scheme"],
-        )
+        config = _network_config(point, depth, fusion_layer, "epochs")
         run = train_networks(
             stats,
             config,
