@@ -5,7 +5,7 @@ Times every point of a ``(rho, sigma_ratio)`` grid of the toy data set with
 (columns ``rho, sigma_ratio, t_a, t_b, time_ratio, reached, reason``) plus a
 JSON file of run metadata next to it. Times are in units of ``tau``
 (learning rate times epochs). A threshold that is not reached leaves its
-cell empty and says why in ``reason``.
+cell empty, and ``reason`` gives the cause.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def add_grid_parser(commands) -> argparse.ArgumentParser:
         "START:STOP:COUNT (COUNT evenly spaced values, both ends included) or a "
         "single number.",
     )
+
     add = grid.add_argument
     add("--depth", type=int, default=4, help="number of layers L (default: 4)")
     add("--fusion-layer", type=int, default=3,
@@ -64,11 +65,12 @@ def add_grid_parser(commands) -> argparse.ArgumentParser:
     add("--no-fallback", action="store_true",
         help="report stiff points as not reached instead of timing them one by "
         "one with the implicit per-point integrator")
+
     # argparse of Python 3.11 reads "-0.9:0.9:100" as an unknown option,
-    # because only plain negative numbers count as values there; later
+    # because only plain negative numbers count as values there. Later
     # versions already use the pattern set here. No option of this
     # subcommand starts with "-" and a digit, so such tokens are values.
-    # NOTE: _negative_number_matcher is a private argparse attribute;
+    # NOTE: _negative_number_matcher is a private argparse attribute, and
     # "--rho=-0.9:0.9:100" works without it.
     grid._negative_number_matcher = re.compile(r"^-\.?\d")
     grid.set_defaults(handler=run_grid)

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from unibias.cli.derive import add_derive_parser
+from unibias.cli.grid import add_grid_parser
 from unibias.cli.reproduce import add_reproduce_parser
 from unibias.cli.science import (
     add_generalization_parser,
@@ -54,7 +55,8 @@ from unibias.theory._validate import (
 PROGRAM = "unibias"
 MIN_INIT_SCALE = 1e-12
 COMMANDS = (
-    "run", "timing", "derive", "preference", "generalization", "relu", "reproduce",
+    "run", "timing", "derive", "grid", "preference", "generalization", "relu",
+    "reproduce",
 )
 DEFAULT_OUTPUT_DIR = "unibias-output"
 TRAJECTORY_METHODS = ("reduced_ode", "gd_map", "finite_network", "width_aware")
@@ -183,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_timing_options(timing)
     timing.set_defaults(handler=_run_timing)
     add_derive_parser(commands)
+    add_grid_parser(commands)
     add_preference_parser(commands)
     add_generalization_parser(commands)
     add_relu_parser(commands)
