@@ -2,7 +2,7 @@
 
 Run from the repository root with the package installed::
 
-    python benchmarks/run.py            # full sizes, about ten minutes
+    python benchmarks/run.py            # full sizes, 5 to 10 minutes
     python benchmarks/run.py --quick    # reduced sizes, about a minute
 
 Every speed-up is the ratio of two times measured in the same run, because
@@ -284,7 +284,7 @@ def bench_samples(quick: bool, repeats: int) -> dict:
     """Time one gradient-descent step with few and many training samples.
 
     The step cost is the CPU time of ``train_networks`` with ``1 + steps``
-    epochs minus that with 1 epoch, which holds the sampling and the set-up.
+    epochs minus that with 1 epoch, which covers the sampling and the set-up.
     The two sample counts alternate, and the median over ``repeats`` is
     reported.
     """
@@ -398,6 +398,7 @@ def bench_symbolic(quick: bool, repeats: int) -> dict:
 def format_table(results: dict) -> str:
     """Return the measurements as a text table."""
     rows = [("benchmark", "time", "baseline (same run)", "speed-up", "target")]
+
     grid = results.get("grid")
     if grid:
         rows.append((
@@ -412,6 +413,7 @@ def format_table(results: dict) -> str:
             "  max relative error", f"{grid['max_relative_error']:.1e}", "", "",
             "<= 1e-4",
         ))
+
     networks = results.get("networks")
     if networks:
         for name, label in (("sweep_2", "sweep, 2 processes"),
@@ -427,6 +429,7 @@ def format_table(results: dict) -> str:
                 f"(CPU {networks[f'{name}_cpu_ratio']:.1f}x)",
                 "< 60 s, >= 3x" if name == "sweep_2" else "",
             ))
+
     samples = results.get("samples")
     if samples:
         rows.append((
@@ -436,6 +439,7 @@ def format_table(results: dict) -> str:
             f"{samples['ratio']:.2f} (cost ratio)",
             "about 1",
         ))
+
     symbolic = results.get("symbolic")
     if symbolic:
         models = symbolic["models"]
@@ -457,6 +461,7 @@ def format_table(results: dict) -> str:
             f"{symbolic['warm_work_ratio']:.0f}x",
             "< 0.5 s",
         ))
+
     widths = [max(len(row[k]) for row in rows) for k in range(len(rows[0]))]
     lines = []
     for index, row in enumerate(rows):
@@ -480,6 +485,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, metavar="FILE",
                         help="also write every measurement to FILE")
     args = parser.parse_args(argv)
+
     sections = args.only or ["grid", "networks", "samples", "symbolic"]
     results = {"machine": machine_record(), "quick": args.quick}
     print(f"machine: {json.dumps(results['machine'])}", flush=True)
@@ -495,8 +501,12 @@ def main(argv=None) -> int:
             results[name] = bench_symbolic(args.quick, args.repeats)
         print(f"{name}: done in {time.perf_counter() - started:.0f} s", flush=True)
     results["load_average_end"] = machine_record()["load_average"]
+
     print()
     print(format_table(results))
+    if args.quick:
+        print("\nThe targets are for the full sizes; --quick only checks that "
+              "every path runs.")
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -139,7 +139,7 @@ POLISH_ITERATIONS = 3
 """Chord iterations, each one Dormand-Prince sub-step, that refine a crossing."""
 
 # Dormand-Prince 5(4) coefficients. The pseudo-time s does not enter the
-# right-hand side, so the nodes are not needed. The last row holds the
+# right-hand side, so the nodes are not needed. The last row contains the
 # fifth-order weights, so the last stage is the derivative at the new point.
 # The error weights are the fifth- minus the fourth-order weights.
 _STAGE_COEFFICIENTS = (
@@ -1125,9 +1125,9 @@ NETWORK_BATCH_SIZE = 8
 """Runs stepped together by :func:`train_network_sweep`.
 
 Measured with width-100 runs of depth 4 on the machine of
-``benchmarks/README.md``: batches of 8, 12 and 16 cost about the same per
-run, 4 cost a fifth more, and 45 cost two to three times as much, because
-their weights no longer fit in the processor's cache.
+``benchmarks/README.md``, batches of 8, 12 and 16 cost about the same per
+run, and 4 cost a fifth more. Batches of 45 cost two to three times as much
+per run, because their weights no longer fit in the processor's cache.
 """
 
 
@@ -1299,9 +1299,9 @@ class _RunStream:
     """Runs of one configuration stepped through a batch of slots.
 
     Slot arrays have a leading axis of the current batch size. The weight
-    step is :func:`unibias.numerics.network._descent_direction` followed by
-    ``W += step``, the arithmetic of ``train_networks``, so each run gets the
-    same numbers as there.
+    step is :func:`unibias.numerics.network._descent_direction` plus the old
+    weights, the arithmetic of ``train_networks``, so each run gets the same
+    numbers as there.
     """
 
     def __init__(self, runs, continue_factor, use_population, batch_size):

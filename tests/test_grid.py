@@ -12,7 +12,6 @@ and ``sigma_B = 1``:
   ``1/2`` at ``t = ln(1 / u_0^2 - 1) / (2 S)``.
 """
 
-import argparse
 import csv
 import json
 import math
@@ -21,6 +20,7 @@ import warnings
 import numpy as np
 import pytest
 
+from unibias.cli.main import main
 from unibias.numerics.compile import statistics_vector
 from unibias.numerics.data import DataStatistics
 from unibias.numerics.flow import integrate_reduced_flow
@@ -251,35 +251,9 @@ def test_rows_hold_no_nan():
 # Command line
 
 
-@pytest.fixture
-def cli_main(monkeypatch):
-    """Return ``unibias.cli.main.main`` with the ``grid`` subcommand registered.
-
-    If the main parser does not register ``grid`` yet, it is added here the
-    way ``build_parser`` adds the other subcommands.
-    """
-    from unibias.cli import main as main_module
-    from unibias.cli.grid import add_grid_parser
-
-    if "grid" in main_module.COMMANDS:
-        return main_module.main
-    original = main_module.build_parser
-
-    def build_parser():
-        parser = original()
-        for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                add_grid_parser(action)
-        return parser
-
-    monkeypatch.setattr(main_module, "build_parser", build_parser)
-    monkeypatch.setattr(main_module, "COMMANDS", (*main_module.COMMANDS, "grid"))
-    return main_module.main
-
-
-def test_grid_command_writes_csv(cli_main, tmp_path, capsys):
+def test_grid_command_writes_csv(tmp_path, capsys):
     output = tmp_path / "grid.csv"
-    status = cli_main([
+    status = main([
         "grid", "--depth", "2", "--fusion-layer", "2", "--init", "0.05",
         "--rho", "0", "--sigma-ratio", "1.5:3:2", "--output", str(output),
     ])
@@ -303,10 +277,10 @@ def test_grid_command_writes_csv(cli_main, tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
-def test_grid_command_leaves_missing_cells_empty(cli_main, tmp_path):
+def test_grid_command_leaves_missing_cells_empty(tmp_path):
     # u_0 = 0.6 at L = 1, sigma ratio 1: both thresholds met at t = 0.
     output = tmp_path / "start.csv"
-    status = cli_main([
+    status = main([
         "grid", "--depth", "1", "--fusion-layer", "1", "--init", "0.6",
         "--rho", "0", "--sigma-ratio", "1", "--output", str(output),
     ])
@@ -333,10 +307,9 @@ def test_grid_command_leaves_missing_cells_empty(cli_main, tmp_path):
         ("--fusion-layer", "5", "--fusion-layer must be at least 1 and at most 4"),
     ],
 )
-def test_grid_command_rejects_bad_range(cli_main, tmp_path, capsys, option, value,
-                                        message):
+def test_grid_command_rejects_bad_range(tmp_path, capsys, option, value, message):
     output = tmp_path / "bad.csv"
-    status = cli_main(["grid", option, value, "--output", str(output)])
+    status = main(["grid", option, value, "--output", str(output)])
     error = capsys.readouterr().err
     assert status == 2
     assert error.count("\n") == 1
@@ -384,9 +357,9 @@ def test_network_sweep_two_workers_give_same_timings():
     # Each worker process imports the package again (a few seconds).
     statistics = DataStatistics.toy(0.2, 2.0)
     config = _small_config(2)
-    one = train_network_sweep(statistics, config, [0, 1, 2])
-    two = train_network_sweep(statistics, config, [0, 1, 2], workers=2)
-    assert [r.timing for r in one] == [r.timing for r in two]
+    serial = train_network_sweep(statistics, config, [0, 1, 2])
+    parallel = train_network_sweep(statistics, config, [0, 1, 2], workers=2)
+    assert [r.timing for r in serial] == [r.timing for r in parallel]
 
 
 def test_network_sweep_reports_divergence():
