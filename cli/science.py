@@ -294,8 +294,8 @@ def _run_generalization(args) -> int:
             record[name]["final_generalization_error"],
         )
         if not all(math.isfinite(value) for value in errors):
-            # NOTE: divergence is detected only after training; the report
-            # holds no partial numbers for the diverged fusion type.
+            # NOTE: divergence is detected only after training, so the report
+            # contains no partial numbers for the diverged fusion type.
             raise ArithmeticError(
                 f"{name} fusion diverged at learning rate {learning_rate:g}, so "
                 "there is no generalisation error to report; lower --lr"

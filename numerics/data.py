@@ -79,7 +79,7 @@ class DataStatistics:
         Dimension ``d_A`` of modality A; modality B has the rest.
     y_second_moment : float, optional
         ``E||y||^2``. Needed only for absolute loss values. When missing,
-        the noise-free value ``tr(Sigma_yx Sigma^-1 Sigma_xy)`` stands in, so
+        the noise-free value ``tr(Sigma_yx Sigma^-1 Sigma_xy)`` is used, so
         the loss at ``M_*`` is zero.
     teacher : array_like, shape (d_y, d_A + d_B), optional
         Teacher ``w*`` with ``y = w* x + noise``, when the data came from one.
@@ -224,8 +224,8 @@ class DataStatistics:
     def from_samples(cls, x_a, x_b, y) -> DataStatistics:
         """Estimate the statistics from samples, one row per sample.
 
-        Uses the uncentred second moments ``X^T X / n``, which is what
-        full-batch gradient descent on the squared loss sees.
+        Uses the uncentred second moments ``X^T X / n``, the only data
+        that full-batch gradient descent on the squared loss depends on.
         """
         x_a = _as_sample_rows("x_a", x_a)
         x_b = _as_sample_rows("x_b", x_b)

@@ -41,7 +41,7 @@ PSEUDO_TIME_CHUNK = 2.0
 """Pseudo-time integrated per call of ``solve_ivp`` between convergence checks."""
 
 MAX_PSEUDO_TIME_CHUNKS = 500
-"""Chunks of pseudo-time before the integration gives up and says so."""
+"""Chunks of pseudo-time after which the integration stops and reports why."""
 
 CONVERGED_LOSS_GAP = 1e-12
 """Loss above its minimum, relative to the initial excess, at which a run has converged.

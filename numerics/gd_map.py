@@ -54,8 +54,9 @@ class MapSolution:
 def balanced_start(depth: int, fusion_layer: int, init_scale: float) -> np.ndarray:
     """Return the width-1 start ``a_l = b_l = u_0``, ``v_l = sqrt(2) u_0``.
 
-    It maps the paper's initialisation of deep networks: branch layers of
-    norm ``u_0``, fusion and later layers of norm ``sqrt(2) u_0``.
+    It maps the initialisation of deep networks in Zhang, Latham and Saxe
+    (ICML 2024): branch layers of norm ``u_0``, fusion and later layers of
+    norm ``sqrt(2) u_0``.
     """
     shared = depth - fusion_layer
     return np.concatenate(

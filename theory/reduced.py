@@ -8,8 +8,9 @@ every shared weight equals ``v``, the width-1 flow closes on ``(a, b, v)``:
     tau dv/dt = (R_A W_A_tot + R_B W_B_tot) / v        (only when L_f < L)
 
 with ``W_A_tot = v^(L-L_f) a^(L_f)`` and ``W_B_tot = v^(L-L_f) b^(L_f)``. The
-flow conserves ``v^2 - a^2 - b^2``, and the paper's small initialisation
-``a = b = u_0``, ``v = sqrt(2) u_0`` sets it to zero. :class:`ReducedFlow`
+flow conserves ``v^2 - a^2 - b^2``. The small initialisation of Zhang,
+Latham and Saxe (ICML 2024), ``a = b = u_0``, ``v = sqrt(2) u_0``, sets it
+to zero. :class:`ReducedFlow`
 derives these equations by substitution into :attr:`LinearFusionNetwork.flow`
 and checks that the substitution is consistent.
 """
@@ -152,7 +153,7 @@ class ReducedFlow:
         return self.v**2 - self.a**2 - self.b**2
 
     def initial_state(self, init_scale) -> tuple[sp.Expr, ...]:
-        """Return the paper's start ``a = b = u_0``, ``v = sqrt(2) u_0``."""
+        """Return the balanced small start ``a = b = u_0``, ``v = sqrt(2) u_0``."""
         u0 = sp.sympify(init_scale)
         if self.has_shared_layers:
             return (u0, u0, sp.sqrt(2) * u0)

@@ -372,16 +372,7 @@ def two_layer_timing(point: dict, seed: int) -> dict:
     method = point["method"]
     theory = float(misattribution(stats).ravel()[0])
     if method == "finite_network":
-        config = NetworkConfig(
-            depth=2,
-            fusion_layer=2,
-            width=point["width"],
-            init_scale=point["init_scale"],
-            learning_rate=point["learning_rate"],
-            epochs=point["max_epochs"],
-            samples=point["samples"],
-            init_scheme=point["init_scheme"],
-        )
+        config = _network_config(point, 2, 2, "max_epochs")
         run = train_networks(stats, config, network_seeds(seed, point["seeds"]))
         record = _network_record(run)
         record["misattribution"] = [
@@ -489,16 +480,7 @@ def random_covariance_timing(point: dict, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     stats = draw_random_statistics(point, rng)
     seeds = [int(value) for value in rng.integers(0, 2**63 - 1, size=point["seeds"])]
-    config = NetworkConfig(
-        depth=2,
-        fusion_layer=2,
-        width=point["width"],
-        init_scale=point["init_scale"],
-        learning_rate=point["learning_rate"],
-        epochs=point["max_epochs"],
-        samples=point["samples"],
-        init_scheme=point["init_scheme"],
-    )
+    config = _network_config(point, 2, 2, "max_epochs")
     run = train_networks(stats, config, seeds)
     record = _network_record(run)
     record["predicted_ratio"] = predicted_late_fusion_ratio(stats)
