@@ -1,1 +1,1 @@
-"""The ``unibias`` command line; the entry point is :func:`unibias.cli.main.main`."""
+"""The ``unibias`` command line; the entry point is :func:`unibias.cli.entry.main`."""

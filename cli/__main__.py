@@ -2,6 +2,6 @@
 
 import sys
 
-from unibias.cli.main import main
+from unibias.cli.entry import main
 
 sys.exit(main())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from unibias.numerics.io import atomic_write_text
+from unibias.numerics.io import atomic_write_text, run_metadata
 from unibias.theory.latex import latex_document
 from unibias.theory.model import STATISTICS
 
@@ -35,7 +35,8 @@ def add_derive_parser(commands) -> argparse.ArgumentParser:
         help="scalar statistics (.json or .npz) for the Jacobian spectra instead "
         "of the toy data; see the README for the format")
     add("--latex", type=Path, metavar="FILE",
-        help="write the document to FILE instead of standard output")
+        help="write the document to FILE instead of standard output, after '%%' "
+        "comment lines with the unibias version and these options")
     derive.set_defaults(handler=run_derive)
     return derive
 
@@ -61,15 +62,49 @@ def _statistics_values(args) -> dict:
     return dict(zip(STATISTICS.ordered, (float(n) for n in numbers), strict=True))
 
 
+def _derive_config(args, layers, values: dict) -> dict:
+    """Return the arguments of the document, as recorded in the written file."""
+    config = {"depth": args.depth, "fusion_layers": list(layers)}
+    if args.data_stats is None:
+        config.update(rho=args.rho, sigma_ratio=args.sigma_ratio)
+    else:
+        config["data_stats"] = str(args.data_stats)
+    config["statistics"] = {str(name): value for name, value in values.items()}
+    return config
+
+
+def _check_options(args) -> None:
+    # The checks of the library again, under the names of the options.
+    from unibias.numerics.data import check_sigma_ratio
+    from unibias.theory._validate import (
+        MAX_DEPTH,
+        check_integer,
+        check_open_interval,
+    )
+
+    depth = check_integer("--depth", args.depth, 1, MAX_DEPTH)
+    for layer in args.fusion_layers or ():
+        check_integer("--fusion-layer", layer, 1, depth)
+    if args.data_stats is None:
+        check_open_interval("--rho", args.rho, -1.0, 1.0)
+        check_sigma_ratio("--sigma-ratio", args.sigma_ratio)
+
+
 def run_derive(args) -> int:
     """Write or print the LaTeX document; return the exit status."""
+    _check_options(args)
     layers = args.fusion_layers or list(range(1, max(args.depth, 1) + 1))
-    document = latex_document(args.depth, layers, _statistics_values(args))
+    values = _statistics_values(args)
+    document = latex_document(args.depth, layers, values)
     if args.latex is None:
         print(document, end="")
     else:
+        # The derivation draws no random numbers, so no seed is recorded.
+        provenance = run_metadata(_derive_config(args, layers, values))
         try:
-            atomic_write_text(args.latex, document)
+            atomic_write_text(
+                args.latex, document, provenance=provenance, comment_prefix="% "
+            )
         except OSError as error:
             message = f"cannot write {args.latex}: {error.strerror or error}"
             raise OSError(message) from error

@@ -3,16 +3,17 @@
 Times every point of a ``(rho, sigma_ratio)`` grid of the toy data set with
 :func:`unibias.numerics.grid.time_toy_grid` and writes one CSV row per point
 (columns ``rho, sigma_ratio, t_a, t_b, time_ratio, reached, reason``) plus a
-JSON file of run metadata next to it. Times are in units of ``tau``
-(learning rate times epochs). A threshold that is not reached leaves its
-cell empty, and ``reason`` gives the cause.
+JSON file next to it with the point counts, the run time and, under
+``"metadata"``, the configuration and versions. The CSV file starts with the
+same record as ``# `` comment lines. Times are in units of ``tau`` (learning
+rate times epochs). A threshold that is not reached leaves its cell empty,
+and ``reason`` gives the cause.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import re
 import time
 from pathlib import Path
 
@@ -58,7 +59,8 @@ def add_grid_parser(commands) -> argparse.ArgumentParser:
         help="ratios sigma_A/sigma_B, each positive, as START:STOP:COUNT or one "
         "number (default: 1:3:100)")
     add("--output", type=Path, required=True, metavar="FILE",
-        help="CSV file to write; run metadata goes to FILE.json")
+        help="CSV file to write; the configuration, versions and point counts "
+        "also go to FILE.json")
     add("--rtol", type=float, default=None,
         help="relative tolerance of the integrator, in [1e-12, 1e-3] (default: "
         "1e-6, about 1e-7 relative error in the times)")
@@ -66,13 +68,6 @@ def add_grid_parser(commands) -> argparse.ArgumentParser:
         help="report stiff points as not reached instead of timing them one by "
         "one with the implicit per-point integrator")
 
-    # argparse of Python 3.11 reads "-0.9:0.9:100" as an unknown option,
-    # because only plain negative numbers count as values there. Later
-    # versions already use the pattern set here. No option of this
-    # subcommand starts with "-" and a digit, so such tokens are values.
-    # NOTE: _negative_number_matcher is a private argparse attribute, and
-    # "--rho=-0.9:0.9:100" works without it.
-    grid._negative_number_matcher = re.compile(r"^-\.?\d")
     grid.set_defaults(handler=run_grid)
     return grid
 
@@ -166,13 +161,20 @@ def run_grid(args) -> int:
         "time_unit": "tau (learning rate times epochs)",
         "columns": list(GRID_COLUMNS),
     }
-    metadata = run_metadata(config)
-    metadata["points"] = int(grid.t_a.size)
-    metadata["points_with_ratio"] = int(grid.ratio_defined.sum())
-    metadata["seconds"] = elapsed
+    # The exact flow draws no random numbers, so no seed is recorded.
+    provenance = run_metadata(config)
+    summary = {
+        "points": int(grid.t_a.size),
+        "points_with_ratio": int(grid.ratio_defined.sum()),
+        "seconds": elapsed,
+    }
     for path, write in (
-        (output, lambda path: atomic_write_csv(path, rows, fieldnames=GRID_COLUMNS)),
-        (metadata_path, lambda path: atomic_write_json(path, metadata)),
+        (output, lambda path: atomic_write_csv(
+            path, rows, fieldnames=GRID_COLUMNS, provenance=provenance
+        )),
+        (metadata_path, lambda path: atomic_write_json(
+            path, summary, provenance=provenance
+        )),
     ):
         try:
             write(path)

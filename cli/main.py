@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ from unibias.cli.science import (
     add_preference_parser,
     add_relu_parser,
 )
-from unibias.numerics.data import DataStatistics
+from unibias.numerics.data import DataStatistics, check_sigma_ratio
 from unibias.numerics.data_files import load_statistics
 from unibias.numerics.io import package_version, to_json_compatible
 from unibias.numerics.methods import DEFAULT_METHODS, METHODS, TimingSetup
@@ -67,8 +68,26 @@ class CommandLineError(Exception):
     """Invalid command-line input, reported as one line with exit status 2."""
 
 
+NEGATIVE_VALUE = re.compile(r"^-(\d|\.\d|inf|nan)", re.IGNORECASE)
+"""Tokens that are values, never options: ``-1e-3``, ``-.5``, ``-inf``,
+``-0.9:0.9:100``. No option of the command starts like this."""
+
+
 class _Parser(argparse.ArgumentParser):
-    """Argument parser that raises :class:`CommandLineError` instead of exiting."""
+    """Argument parser that raises :class:`CommandLineError` instead of exiting.
+
+    argparse of Python 3.11 takes only plain negative numbers such as ``-2``
+    or ``-0.5`` for values, so ``--rho -1e-3`` would fail with "expected one
+    argument". Subcommand parsers are built from this class too, so every
+    command reads such tokens as values.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # NOTE: _negative_number_matcher is a private argparse attribute (a
+        # regular expression, in Python 3.8 to 3.13). Without it, "--rho=-1e-3"
+        # still works.
+        self._negative_number_matcher = NEGATIVE_VALUE
 
     def error(self, message):
         raise CommandLineError(message)
@@ -253,7 +272,7 @@ def _timing_setup(args) -> TimingSetup:
         args.fusion_layer = min(3, depth)
     fusion_layer = check_integer("--fusion-layer", args.fusion_layer, 1, depth)
     rho = check_open_interval("--rho", args.rho, -1.0, 1.0)
-    sigma_ratio = check_positive("--sigma-ratio", args.sigma_ratio)
+    sigma_ratio = check_sigma_ratio("--sigma-ratio", args.sigma_ratio)
     # The phase thresholds and the small-initialisation theory assume that the
     # weights start below their targets, which u_0 < 1 gives on toy data.
     init_scale = check_open_interval("--init", args.init_scale, 0.0, 1.0)
@@ -393,17 +412,25 @@ def _run_timing(args) -> int:
 
     written = []
     if args.plot is not None:
-        from unibias.numerics.io import atomic_savefig
+        from unibias.numerics.io import atomic_savefig, run_metadata
         from unibias.numerics.plots import plot_dynamics
+        from unibias.numerics.report import recorded_seed
 
         drawn = [name for name in TRAJECTORY_METHODS if name in methods]
         figure = plot_dynamics([report], methods=drawn)
-        _write_output(args.plot, lambda path: atomic_savefig(figure, path, dpi=150))
+        provenance = run_metadata(inputs, seed=recorded_seed([report]))
+        _write_output(args.plot, lambda path: atomic_savefig(
+            figure, path, provenance=provenance, dpi=150
+        ))
         written.append(args.plot)
     if args.latex is not None:
-        from unibias.numerics.io import atomic_write_text
+        from unibias.numerics.io import atomic_write_text, run_metadata
 
-        _write_output(args.latex, lambda path: atomic_write_text(path, document))
+        # The equations depend on L and L_f alone and draw no random numbers.
+        equations = {"depth": setup.depth, "fusion_layers": [setup.fusion_layer]}
+        _write_output(args.latex, lambda path: atomic_write_text(
+            path, document, provenance=run_metadata(equations), comment_prefix="% "
+        ))
         written.append(args.latex)
     if args.format == "table":
         for path in written:

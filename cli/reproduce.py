@@ -3,7 +3,8 @@
 ``unibias reproduce [NAME ...]`` runs the experiments of
 :mod:`unibias.numerics.experiments` (all of them by default) and writes each
 one's figure (PNG and PDF), CSV tables and JSON record into
-``--output-dir``, with an index page ``index.md``. Sweep points are cached
+``--output-dir``, with an index page ``index.md``. Every file records the
+configuration, the base seed and the unibias version. Sweep points are cached
 under ``<output-dir>/.cache/``, so an interrupted run resumes and a rerun
 computes only what is missing. ``--list`` prints the experiments and their
 descriptions.
@@ -51,8 +52,9 @@ def add_reproduce_parser(commands) -> argparse.ArgumentParser:
         allow_abbrev=False,
         help="regenerate the paper's figures, theory next to simulation",
         description="Run the named experiments (default: all) and write, for each, "
-        "a PNG and PDF figure, CSV tables and a JSON record with the configuration, "
-        "versions and seeds into OUTPUT_DIR/NAME/, plus OUTPUT_DIR/index.md. "
+        "a PNG and PDF figure, CSV tables and a JSON record, each with the "
+        "configuration, versions and seeds, into OUTPUT_DIR/NAME/, plus "
+        "OUTPUT_DIR/index.md. "
         "Finished sweep points are cached in OUTPUT_DIR/.cache/, so an interrupted "
         "run resumes where it stopped. Times are in units of tau (learning rate "
         "times epochs).",

@@ -22,6 +22,7 @@ Networks", ICML 2024, arXiv:2312.00935.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 from pathlib import Path
@@ -67,11 +68,13 @@ def _check_figure_path(option: str, path: Path) -> None:
         )
 
 
-def _save_figure(figure, path: Path) -> None:
-    from unibias.numerics.io import atomic_savefig
+def _save_figure(figure, path: Path, config: dict, seed: int | None) -> None:
+    """Save ``figure`` with the version, ``config`` and ``seed`` in its metadata."""
+    from unibias.numerics.io import atomic_savefig, run_metadata
 
+    provenance = run_metadata(config, seed=seed)
     try:
-        atomic_savefig(figure, path, dpi=150)
+        atomic_savefig(figure, path, provenance=provenance, dpi=150)
     except OSError as error:
         raise OSError(f"cannot write {path}: {error.strerror or error}") from error
 
@@ -198,10 +201,37 @@ def _run_preference(args) -> int:
 
         figure = Figure(figsize=(5.5, 4.5), layout="constrained")
         plot_preference(figure.add_subplot(), measurements=checks)
-        _save_figure(figure, args.output)
+        config, seed = _preference_figure_config(args.check)
+        _save_figure(figure, args.output, config, seed)
         if args.format == "table":
             print(f"Wrote {args.output}")
     return EXIT_OK
+
+
+def _preference_figure_config(check: bool) -> tuple[dict, int | None]:
+    """Return the configuration and seed behind the preference figure.
+
+    Without ``--check`` the figure contains only the analytic boundaries, so
+    no seed is involved. With it, the settings are the keyword defaults of
+    :func:`~unibias.numerics.preference.measure_preference`.
+    """
+    config = {"command": "preference", "check": check}
+    if not check:
+        return config, None
+    from unibias.numerics.preference import measure_preference
+
+    parameters = inspect.signature(measure_preference).parameters.values()
+    settings = {
+        parameter.name: parameter.default
+        for parameter in parameters
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    config["check_points"] = [
+        dict(zip(("w_a", "w_b", "sigma_ratio"), point, strict=True))
+        for point in PREFERENCE_CHECK_POINTS
+    ]
+    config.update(settings)
+    return config, settings["seeds"][0]
 
 
 def _preference_table(boundaries: dict, grid: dict, checks) -> str:
@@ -309,7 +339,12 @@ def _run_generalization(args) -> int:
         _use_file_backend()
         from unibias.numerics.generalization import plot_generalization
 
-        _save_figure(plot_generalization(report), args.plot)
+        config = {
+            "command": "generalization", "samples": samples, "width": width,
+            "epochs": epochs, "learning_rate": learning_rate,
+            "init_scale": init_scale, "seeds": seeds,
+        }
+        _save_figure(plot_generalization(report), args.plot, config, seeds[0])
         if args.format == "table":
             print(f"Wrote {args.plot}")
     return EXIT_OK
@@ -389,7 +424,7 @@ def add_relu_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _relu_settings(args) -> dict:
-    return {
+    settings = {
         "samples": check_integer("--samples", args.samples, 3),
         "width": check_integer("--width", args.width, 1),
         "init_scale": check_positive("--init", args.init_scale),
@@ -397,15 +432,22 @@ def _relu_settings(args) -> dict:
         "epochs": check_integer("--epochs", args.epochs, 1),
         "seeds": _seeds(args.seed, args.repeats),
     }
+    if not math.isfinite(settings["learning_rate"] * settings["epochs"]):
+        raise ValueError(
+            "--lr times --epochs, the training time in tau, must be finite, got "
+            f"--lr {settings['learning_rate']:g} and --epochs {settings['epochs']}"
+        )
+    return settings
 
 
 def _run_relu(args) -> int:
+    from unibias.numerics.data import check_sigma_ratio
     from unibias.numerics.relu import time_relu_toy, time_relu_xor
 
     settings = _relu_settings(args)
     if args.data == "toy":
         rho = check_open_interval("--rho", args.rho, -1.0, 1.0)
-        sigma_ratio = check_positive("--sigma-ratio", args.sigma_ratio)
+        sigma_ratio = check_sigma_ratio("--sigma-ratio", args.sigma_ratio)
         timing = time_relu_toy(rho, sigma_ratio, fusion_layer=2, **settings)
         record = {"data": "toy", **timing.to_dict()}
         text = _relu_toy_table(record)
@@ -460,4 +502,6 @@ def _relu_xor_table(record: dict) -> str:
             f"  {name:<7} {_format_time(r['t_a']):<11} {_format_time(r['t_b']):<13} "
             f"{r['learned_first'] or '-'}"
         )
+        if r["reason"]:
+            lines.append(f"    ({r['reason']})")
     return "\n".join(lines)

@@ -174,25 +174,29 @@ def compile_system_cached(kind: str, depth: int, fusion_layer: int) -> CompiledS
 
     Notes
     -----
-    A cache folder that cannot be created or written is reported with a
-    warning, and the generated code is then used from memory only.
+    A cache folder that cannot be created or written is reported with one
+    ``UserWarning`` per folder and process, and the generated code is then
+    used from memory only. A cache hit does not import SymPy.
     """
     kind, depth, fusion_layer = _check_model(kind, depth, fusion_layer)
-    path = cached_source_path(kind, depth, fusion_layer)
-    loaded = _load(path, kind, depth, fusion_layer)
-    if loaded is not None:
-        return loaded
-    text = _generate_file(kind, depth, fusion_layer)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        atomic_write_text(path, text)
-    except OSError as error:
-        warnings.warn(
-            f"could not write the code cache file {path}: {error}; set "
-            f"{CACHE_DIR_VARIABLE} to a writable folder to keep generated code "
-            "between runs",
-            stacklevel=2,
-        )
+        path = cached_source_path(kind, depth, fusion_layer)
+    except RuntimeError as error:
+        # Path.home() raises RuntimeError when HOME is unset and the user has
+        # no password entry, as in some containers.
+        _warn_unwritable(None, error)
+        path = None
+    if path is not None:
+        loaded = _load(path, kind, depth, fusion_layer)
+        if loaded is not None:
+            return loaded
+    text = _generate_file(kind, depth, fusion_layer)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            atomic_write_text(path, text)
+        except OSError as error:
+            _warn_unwritable(path, error)
     system = _system_from_text(text, kind, depth, fusion_layer)
     if system is None:
         raise RuntimeError(
@@ -200,6 +204,30 @@ def compile_system_cached(kind: str, depth: int, fusion_layer: int) -> CompiledS
             f"fusion_layer={fusion_layer} could not be loaded back"
         )
     return system
+
+
+_warned_folders: set[str] = set()
+
+
+def _warn_unwritable(path: Path | None, error: Exception) -> None:
+    """Warn that generated code stays in memory, once per cache folder and process.
+
+    One unusable folder would otherwise give one warning for each of the
+    dozens of models that a sweep compiles.
+    """
+    folder = "" if path is None else str(path.parent)
+    if folder in _warned_folders:
+        return
+    _warned_folders.add(folder)
+    where = "the code cache folder" if path is None else f"the code cache file {path}"
+    # stacklevel=3 names the caller of compile_system_cached, because the
+    # functools.cache wrapper adds no Python frame.
+    warnings.warn(
+        f"could not write {where} ({error}), so generated code is kept in "
+        f"memory only. Set {CACHE_DIR_VARIABLE} to a writable folder to keep "
+        "it between runs",
+        stacklevel=3,
+    )
 
 
 def _load(path: Path, kind: str, depth: int, fusion_layer: int):

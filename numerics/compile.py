@@ -5,6 +5,12 @@ its right-hand side, end-to-end maps and loss, all taking a state vector and
 the statistics vector ``(Sigma_A, Sigma_AB, Sigma_B, Sigma_yA, Sigma_yB,
 E_y2)``. Functions are generated once per ``(kind, depth, fusion_layer)`` and
 kept for the process; generation is the slow step (about 0.1 s per model).
+
+Importing this module does not import SymPy or the symbolic models, because
+SymPy alone takes about 0.3 s to import (``benchmarks/run.py --only
+symbolic`` on a 2-core machine). :func:`compile_system` imports them on its
+first call, so :mod:`unibias.numerics.codegen_cache` loads cached functions
+without SymPy.
 """
 
 from __future__ import annotations
@@ -14,12 +20,9 @@ from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
-import sympy as sp
 
 from unibias.numerics.data import DataStatistics
 from unibias.theory._validate import check_architecture
-from unibias.theory.model import STATISTICS, fusion_network
-from unibias.theory.reduced import reduced_flow
 
 LAMBDIFY_MODULES = ("numpy",)
 """Modules for ``lambdify``, fixed so results do not depend on what is installed."""
@@ -105,6 +108,12 @@ def compile_system(kind: str, depth: int, fusion_layer: int) -> CompiledSystem:
     if kind not in MODEL_KINDS:
         raise ValueError(f"kind must be one of {MODEL_KINDS}, got {kind!r}")
     depth, fusion_layer = check_architecture(depth, fusion_layer)
+
+    import sympy as sp
+
+    from unibias.theory.model import STATISTICS, fusion_network
+    from unibias.theory.reduced import reduced_flow
+
     model = (
         reduced_flow(depth, fusion_layer)
         if kind == "reduced"

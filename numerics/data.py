@@ -9,6 +9,7 @@ integrator and simulator in :mod:`unibias.numerics` consumes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +24,22 @@ from unibias.theory._validate import (
 MIN_SIGMA_RATIO, MAX_SIGMA_RATIO = 1e-6, 1e6
 """Range of ``sigma_A / sigma_B`` for the toy data; beyond it ``Sigma`` is singular
 to float64 precision."""
+
+
+def check_sigma_ratio(name: str, value) -> float:
+    """Return ``value`` as a float after checking it is a valid ``sigma_A/sigma_B``.
+
+    The toy data set accepts ratios in ``[MIN_SIGMA_RATIO, MAX_SIGMA_RATIO]``;
+    ``name`` is the argument or option named in the error.
+    """
+    ratio = check_positive(name, value)
+    if not MIN_SIGMA_RATIO <= ratio <= MAX_SIGMA_RATIO:
+        raise ValueError(
+            f"{name} must lie in [{MIN_SIGMA_RATIO:g}, {MAX_SIGMA_RATIO:g}], "
+            f"got {ratio:g}"
+        )
+    return ratio
+
 
 SYMMETRY_TOLERANCE = 1e-8
 """Largest ``|Sigma - Sigma^T|`` entry, over ``max |Sigma|``, accepted as symmetric."""
@@ -41,7 +58,12 @@ def _as_finite_array(name: str, value, ndim: int) -> np.ndarray:
 
 
 def _as_sample_rows(name: str, value) -> np.ndarray:
-    array = np.asarray(value, dtype=float)
+    try:
+        array = np.asarray(value, dtype=float)
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"{name} must be a numeric array with one row per sample, got {value!r}"
+        ) from error
     if array.ndim == 1:
         array = array[:, None]
     return _as_finite_array(name, array, 2)
@@ -141,6 +163,11 @@ class DataStatistics:
         if noise_std < 0:
             raise ValueError(f"noise_std must be non-negative, got {noise_std}")
         object.__setattr__(self, "noise_std", noise_std)
+        if not isinstance(self.description, Mapping):
+            raise TypeError(
+                f"description must be a dict, got {type(self.description).__name__}"
+            )
+        object.__setattr__(self, "description", dict(self.description))
 
     # ------------------------------------------------------------------
     # Constructors
@@ -160,15 +187,20 @@ class DataStatistics:
         ``Sigma_yB = 1 + rho sigma_A``.
         """
         rho = check_open_interval("rho", rho, -1.0, 1.0)
-        sigma_a = check_positive("sigma_ratio", sigma_ratio)
-        if not MIN_SIGMA_RATIO <= sigma_a <= MAX_SIGMA_RATIO:
-            raise ValueError(
-                f"sigma_ratio must lie in [{MIN_SIGMA_RATIO:g}, {MAX_SIGMA_RATIO:g}], "
-                f"got {sigma_a:g}"
-            )
-        teacher = np.array(teacher, dtype=float).reshape(1, -1)
-        if teacher.shape != (1, 2):
+        sigma_a = check_sigma_ratio("sigma_ratio", sigma_ratio)
+        try:
+            teacher = np.array(teacher, dtype=float)
+        except (TypeError, ValueError) as error:
+            raise TypeError(
+                f"teacher must be two numbers (w_A, w_B), got {teacher!r}"
+            ) from error
+        if teacher.size != 2:
             raise ValueError(f"teacher must have 2 entries, got {teacher.size}")
+        if teacher.shape not in ((2,), (1, 2)):
+            raise ValueError(
+                f"teacher must have shape (2,) or (1, 2), got shape {teacher.shape}"
+            )
+        teacher = teacher.reshape(1, 2)
         sigma = np.array([[sigma_a**2, rho * sigma_a], [rho * sigma_a, 1.0]])
         stats = cls.from_teacher(sigma, teacher, dim_a=1)
         stats.description.update(
@@ -341,12 +373,27 @@ class DataStatistics:
         norm_b = np.linalg.norm(self.sigma_yb)
         return "A" if norm_a >= norm_b else "B"
 
+    def _end_to_end_map(self, w_total) -> np.ndarray:
+        try:
+            w_total = np.asarray(w_total, dtype=float)
+        except (TypeError, ValueError) as error:
+            raise TypeError(
+                f"w_total must be a numeric array, got {w_total!r}"
+            ) from error
+        expected = (self.dim_y, self.dim)
+        if w_total.shape[-2:] != expected:
+            raise ValueError(
+                f"w_total must have shape (..., {expected[0]}, {expected[1]}) to "
+                f"match the statistics, got shape {w_total.shape}"
+            )
+        return w_total
+
     def loss(self, w_total: np.ndarray) -> np.ndarray:
         """Loss ``1/2 (E||y||^2 - 2 tr(W Sigma_xy) + tr(W Sigma W^T))``.
 
         ``w_total`` has shape (..., d_y, d); the result has shape (...).
         """
-        w_total = np.asarray(w_total, dtype=float)
+        w_total = self._end_to_end_map(w_total)
         cross = np.einsum("...ij,ij->...", w_total, self.sigma_yx)
         quadratic = np.einsum("...ij,jk,...ik->...", w_total, self.sigma, w_total)
         return 0.5 * (self.total_y_second_moment - 2.0 * cross + quadratic)
@@ -361,7 +408,7 @@ class DataStatistics:
                 "generalization_error needs a teacher; build the statistics with "
                 "DataStatistics.toy or DataStatistics.from_teacher"
             )
-        delta = np.asarray(w_total, dtype=float) - self.teacher
+        delta = self._end_to_end_map(w_total) - self.teacher
         quadratic = np.einsum("...ij,jk,...ik->...", delta, self.sigma, delta)
         return 0.5 * quadratic + 0.5 * self.dim_y * self.noise_std**2
 

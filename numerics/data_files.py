@@ -20,6 +20,8 @@ Keys:
   noise, a number of at least 0.
 * ``description`` (optional): a JSON object describing the data, stored in
   ``.npz`` as a 0-d string array containing the object's JSON text.
+  :func:`save_statistics` records the unibias version that wrote the file
+  in its ``"unibias_version"`` entry.
 
 Any other key is rejected, so that a misspelt key is not silently ignored.
 The format is chosen by the suffix (``.json`` or ``.npz``, in any case).
@@ -58,6 +60,7 @@ from unibias.numerics.data import DataStatistics
 from unibias.numerics.io import (
     atomic_write_bytes,
     atomic_write_json,
+    package_version,
     to_json_compatible,
 )
 
@@ -158,6 +161,12 @@ def _read_json(path: Path, content: bytes) -> dict:
         )
     except (UnicodeDecodeError, ValueError) as error:
         raise ValueError(f"{_where(path)} is not valid JSON: {error}") from None
+    except RecursionError:
+        # The decoder recurses once per level of nested lists or objects.
+        raise ValueError(
+            f"{_where(path)} is not a statistics file, because its lists or "
+            "objects are nested too deeply to parse"
+        ) from None
     if not isinstance(values, dict):
         raise ValueError(
             f"{_where(path)} must contain a JSON object with the keys "
@@ -378,7 +387,10 @@ def save_statistics(stats: DataStatistics, path) -> Path:
     an interrupted write leaves the previous content (see
     :mod:`unibias.numerics.io`). ``y_second_moment`` is written only when
     set, ``teacher`` and ``noise_std`` only with a teacher, and the
-    ``description`` without its ``"file"`` entry.
+    ``description`` without its ``"file"`` entry and with
+    ``"unibias_version"`` set to the installed version. The format rejects
+    unknown keys, so the version goes into ``description`` rather than a key
+    of its own.
 
     Parameters
     ----------
@@ -397,6 +409,7 @@ def save_statistics(stats: DataStatistics, path) -> Path:
     description = {
         key: value for key, value in stats.description.items() if key != "file"
     }
+    description["unibias_version"] = package_version("unibias")
     values = {"sigma": stats.sigma, "sigma_yx": stats.sigma_yx, "dim_a": stats.dim_a}
     if stats.y_second_moment is not None:
         values["y_second_moment"] = stats.y_second_moment

@@ -16,14 +16,21 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.integrate import solve_ivp
 
-from unibias.numerics.compile import compile_system, statistics_vector
+from unibias.numerics.codegen_cache import compile_system_cached
+from unibias.numerics.compile import statistics_vector
 from unibias.numerics.data import DataStatistics
 from unibias.numerics.phases import (
     THRESHOLD_FRACTION,
     PhaseTiming,
     phase_targets,
 )
-from unibias.theory._validate import check_architecture, check_positive
+from unibias.theory._validate import (
+    check_architecture,
+    check_integer,
+    check_open_interval,
+    check_positive,
+    check_real,
+)
 
 RELATIVE_TOLERANCE = 1e-10
 """``rtol`` of ``solve_ivp``."""
@@ -33,6 +40,9 @@ ABSOLUTE_TOLERANCE_FACTOR = 1e-9
 
 MAX_RELATIVE_TOLERANCE = 1e-5
 """Loosest ``rtol`` used on plateaus lasting ``1e9 t_0`` or more."""
+
+SOLVER_METHODS = ("Radau", "BDF", "LSODA", "RK45", "RK23", "DOP853")
+"""``solve_ivp`` methods accepted by :func:`integrate_reduced_flow`."""
 
 MAX_EVALUATIONS_PER_CHUNK = 20000
 """Right-hand side evaluations after which a chunk counts as stalled."""
@@ -169,15 +179,20 @@ def integrate_reduced_flow(
     depth, fusion_layer : int
         ``L`` and ``L_f``.
     init_scale : float
-        ``u_0 > 0``.
+        ``u_0``, in ``(0, 1)``.
     samples : int
         Number of output times (for plots), spread evenly in pseudo-time,
         so that they gather where the weights change fast.
     rtol : float
-        Relative tolerance of the solver.
+        Relative tolerance of the solver, positive and at most
+        :data:`MAX_RELATIVE_TOLERANCE`.
     continue_factor : float
-        Once both thresholds are crossed, the trajectory is continued to this
-        multiple of the later crossing time, so that plots show convergence.
+        At least 1. Once both thresholds are crossed, the trajectory is
+        continued to this multiple of the later crossing time, so that plots
+        show convergence.
+    method : str
+        A ``solve_ivp`` method of :data:`SOLVER_METHODS`; the stiff ones
+        (``Radau``, ``BDF``, ``LSODA``) handle long plateaus.
 
     Returns
     -------
@@ -188,9 +203,22 @@ def integrate_reduced_flow(
     reached are reported as not reached, with the solver's message as the
     reason.
     """
+    if not isinstance(stats, DataStatistics):
+        raise TypeError(f"stats must be a DataStatistics, got {type(stats).__name__}")
     depth, fusion_layer = check_architecture(depth, fusion_layer)
-    init_scale = check_positive("init_scale", init_scale)
-    system = compile_system("reduced", depth, fusion_layer)
+    init_scale = check_open_interval("init_scale", init_scale, 0.0, 1.0)
+    samples = check_integer("samples", samples, 2)
+    rtol = check_positive("rtol", rtol)
+    if rtol > MAX_RELATIVE_TOLERANCE:
+        raise ValueError(
+            f"rtol must be positive and at most {MAX_RELATIVE_TOLERANCE:g}, got {rtol}"
+        )
+    continue_factor = check_real("continue_factor", continue_factor)
+    if continue_factor < 1:
+        raise ValueError(f"continue_factor must be at least 1, got {continue_factor}")
+    if method not in SOLVER_METHODS:
+        raise ValueError(f"method must be one of {SOLVER_METHODS}, got {method!r}")
+    system = compile_system_cached("reduced", depth, fusion_layer)
     params, sign_a, sign_b = canonical_parameters(stats)
     targets = phase_targets(stats, fusion_layer)
     start = np.array([init_scale, init_scale, np.sqrt(2) * init_scale])

@@ -15,14 +15,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from unibias.numerics.compile import compile_system
+from unibias.numerics.codegen_cache import compile_system_cached
 from unibias.numerics.data import DataStatistics
 from unibias.numerics.flow import canonical_parameters
 from unibias.numerics.phases import PhaseTiming, measure_phase_times, phase_targets
 from unibias.theory._validate import (
     check_architecture,
     check_integer,
+    check_open_interval,
     check_positive,
+    check_real,
 )
 
 DIVERGENCE_LOSS_FACTOR = 1e6
@@ -108,16 +110,28 @@ def iterate_gd_map(
     depth, fusion_layer = check_architecture(depth, fusion_layer)
     learning_rate = check_positive("learning_rate", learning_rate)
     max_epochs = check_integer("max_epochs", max_epochs, 1)
-    system = compile_system("width1", depth, fusion_layer)
+    continue_factor = check_real("continue_factor", continue_factor)
+    if continue_factor < 1:
+        raise ValueError(f"continue_factor must be at least 1, got {continue_factor}")
+    if not isinstance(stats, DataStatistics):
+        raise TypeError(f"stats must be a DataStatistics, got {type(stats).__name__}")
+    system = compile_system_cached("width1", depth, fusion_layer)
     size = len(system.state_names)
     if initial_weights is None:
         if init_scale is None:
             raise TypeError("iterate_gd_map needs init_scale or initial_weights")
         start = balanced_start(
-            depth, fusion_layer, check_positive("init_scale", init_scale)
+            depth, fusion_layer,
+            check_open_interval("init_scale", init_scale, 0.0, 1.0),
         )
     else:
-        start = np.abs(np.asarray(initial_weights, dtype=float))
+        try:
+            start = np.abs(np.asarray(initial_weights, dtype=float))
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"initial_weights must be {size} finite numbers (L + L_f), got "
+                f"{initial_weights!r}"
+            ) from None
         if start.shape != (size,) or not np.all(np.isfinite(start)):
             raise ValueError(
                 f"initial_weights must be {size} finite numbers (L + L_f), got "

@@ -299,6 +299,11 @@ def median_timing(timings: Sequence[PhaseTiming]) -> PhaseTiming:
     timings = list(timings)
     if not timings:
         raise ValueError("timings must contain at least one PhaseTiming")
+    for index, timing in enumerate(timings):
+        if not isinstance(timing, PhaseTiming):
+            raise TypeError(
+                f"timings[{index}] must be a PhaseTiming, got {type(timing).__name__}"
+            )
     leading = Counter(t.leading_modality for t in timings).most_common(1)[0][0]
 
     def median(values):

@@ -118,6 +118,10 @@ def sample_second_moments(
     sigma : ndarray, shape (d, d)
     sigma_yx : ndarray, shape (d_y, d)
     """
+    if not isinstance(population, DataStatistics):
+        raise TypeError(
+            f"population must be a DataStatistics, got {type(population).__name__}"
+        )
     samples = check_integer("samples", samples, 1)
     x_a, x_b, y = population.sample(samples, rng)
     x = np.hstack([x_a, x_b])
@@ -168,8 +172,8 @@ def train_two_layer(
         raise ValueError(f"weights must have depth 2, got depth {weights.depth}")
     learning_rate = check_positive("learning_rate", learning_rate)
     epochs = check_integer("epochs", epochs, 1)
-    sigma = np.asarray(sigma, dtype=float)
-    sigma_yx = np.asarray(sigma_yx, dtype=float)
+    sigma = _finite_array("sigma", sigma)
+    sigma_yx = _finite_array("sigma_yx", sigma_yx)
     dim_a = weights.dim_a
     batch = weights.batch_size
     dim = sigma.shape[-1]
@@ -218,6 +222,16 @@ def train_two_layer(
     return times, records, state
 
 
+def _finite_array(name: str, value) -> np.ndarray:
+    try:
+        array = np.asarray(value, dtype=float)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{name} must be a numeric array, got {value!r}") from error
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} must contain only finite values")
+    return array
+
+
 def teacher_block_summary(block: np.ndarray, teacher_block: np.ndarray) -> dict:
     """Summarise one modality's block of ``W_tot`` against the teacher's.
 
@@ -228,8 +242,13 @@ def teacher_block_summary(block: np.ndarray, teacher_block: np.ndarray) -> dict:
         ``<W_m, w*_m> / ||w*_m||^2``, which is 1 at the teacher and 0 when
         the block is orthogonal to it.
     """
-    block = np.asarray(block, dtype=float)
-    teacher_block = np.asarray(teacher_block, dtype=float)
+    block = _finite_array("block", block)
+    teacher_block = _finite_array("teacher_block", teacher_block)
+    if block.shape != teacher_block.shape:
+        raise ValueError(
+            f"block must have the shape of teacher_block, {teacher_block.shape}, got "
+            f"{block.shape}"
+        )
     scale = float(np.sum(teacher_block**2))
     projection = float(np.sum(block * teacher_block) / scale) if scale > 0 else 0.0
     return {"norm": float(np.linalg.norm(block)), "teacher_projection": projection}
@@ -398,6 +417,12 @@ def run_generalization(
     """
     samples = check_integer("samples", samples, 1)
     seeds = check_seeds(seeds)
+    # Checked before the training sets are drawn. NetworkConfig checks them
+    # again.
+    check_integer("width", width, 1)
+    check_positive("learning_rate", learning_rate)
+    check_integer("epochs", epochs, 1)
+    check_positive("init_scale", init_scale)
     population = paper_statistics() if population is None else population
     if not isinstance(population, DataStatistics) or population.teacher is None:
         raise TypeError(

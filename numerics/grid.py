@@ -1,4 +1,4 @@
-"""Batched exact phase times of the reduced flow, and batched finite networks.
+"""Batched exact phase times of the reduced flow.
 
 :func:`time_reduced_flow_batch` integrates the balanced flow of
 :mod:`unibias.theory.reduced`,
@@ -41,17 +41,13 @@ trailing one at half of its final value. Points where modality B leads are
 handled by choosing these targets per member, so no relabelling of the data
 is needed. Time is in units of ``tau`` (learning rate times epochs).
 
-:func:`train_network_sweep` trains many finite networks with the gradient
-step of :mod:`unibias.numerics.network`, streaming runs through a batch of
-fixed size so that no batch slot idles while a slow run finishes.
+Finite networks have their batched sweep in
+:mod:`unibias.numerics.network_sweep`.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import multiprocessing
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,38 +63,24 @@ from unibias.numerics.flow import (
     PSEUDO_TIME_CHUNK,
     integrate_reduced_flow,
 )
-from unibias.numerics.network import (
-    DIVERGENCE_FACTOR,
-    NetworkConfig,
-    NetworkWeights,
-    _descent_direction,
-    _forward,
-    init_weights,
-)
 from unibias.numerics.phases import (
     NO_TARGET_TOLERANCE,
     THRESHOLD_FRACTION,
     PhaseTiming,
-    measure_phase_times,
-    phase_targets,
 )
 from unibias.theory._validate import (
     check_architecture,
     check_integer,
     check_real,
-    check_seeds,
 )
 
 __all__ = [
     "GRID_RELATIVE_TOLERANCE",
     "GridTiming",
     "MAX_EXPLICIT_STEPS",
-    "NETWORK_BATCH_SIZE",
-    "NetworkRunTiming",
     "time_reduced_flow_batch",
     "time_toy_grid",
     "toy_statistics_vectors",
-    "train_network_sweep",
 ]
 
 GRID_RELATIVE_TOLERANCE = 1e-6
@@ -204,11 +186,11 @@ def toy_statistics_vectors(rho, sigma_ratio) -> np.ndarray:
     bad_rho = (rho <= -1.0) | (rho >= 1.0)
     if bad_rho.any():
         raise ValueError(
-            f"rho must lie in (-1, 1), got {rho[bad_rho].flat[0]!r}"
+            f"rho must lie in (-1, 1), got {float(rho[bad_rho].flat[0])}"
         )
     if (ratio <= 0).any():
         raise ValueError(
-            f"sigma_ratio must be positive, got {ratio[ratio <= 0].flat[0]!r}"
+            f"sigma_ratio must be positive, got {float(ratio[ratio <= 0].flat[0])}"
         )
     rho, ratio = np.broadcast_arrays(rho, ratio)
     cross = rho * ratio
@@ -529,9 +511,10 @@ def time_reduced_flow_batch(
     params = params.reshape(6, -1)
     _check_statistics(params)
     init = _finite_array("init_scale", init_scale)
-    if (init <= 0).any():
+    outside = (init <= 0) | (init >= 1)
+    if outside.any():
         raise ValueError(
-            f"init_scale must be positive, got {init[init <= 0].flat[0]!r}"
+            f"init_scale must lie in (0, 1), got {float(init[outside].flat[0])}"
         )
     try:
         init = np.broadcast_to(init, shape).reshape(-1).copy()
@@ -1115,414 +1098,3 @@ def time_toy_grid(
         coordinates={"rho": rho_grid, "sigma_ratio": ratio_grid},
         per_point_fallback=per_point_fallback,
     )
-
-
-# ----------------------------------------------------------------------
-# Finite networks streamed through a fixed-size batch
-
-
-NETWORK_BATCH_SIZE = 8
-"""Runs stepped together by :func:`train_network_sweep`.
-
-Measured with width-100 runs of depth 4 on the machine of
-``benchmarks/README.md``, batches of 8, 12 and 16 cost about the same per
-run, and 4 cost a fifth more. Batches of 45 cost two to three times as much
-per run, because their weights no longer fit in the processor's cache.
-"""
-
-
-@dataclass(frozen=True)
-class NetworkRunTiming:
-    """Phase times of one finite network trained by :func:`train_network_sweep`.
-
-    Attributes
-    ----------
-    timing : PhaseTiming
-        ``t_a``, ``t_b`` and ``time_ratio`` in units of ``tau``, measured on
-        the run's own training statistics as in
-        :func:`unibias.numerics.network.train_networks`.
-    seed : int
-    config : NetworkConfig
-    statistics : DataStatistics
-        Training statistics (the sample's, unless the population was used).
-    epochs : int
-        Gradient-descent steps taken.
-    diverged_epoch : int or None
-        Epoch at which the run diverged, or ``None``.
-    """
-
-    timing: PhaseTiming
-    seed: int
-    config: NetworkConfig
-    statistics: DataStatistics
-    epochs: int
-    diverged_epoch: int | None = None
-
-
-def train_network_sweep(
-    statistics,
-    configs,
-    seeds,
-    *,
-    continue_factor: float = 1.5,
-    use_population_statistics: bool = False,
-    batch_size: int = NETWORK_BATCH_SIZE,
-    workers: int = 1,
-) -> list[NetworkRunTiming]:
-    """Train many finite networks by gradient descent and time their phases.
-
-    Each run is the run :func:`unibias.numerics.network.train_networks` makes
-    for the same statistics, configuration and seed (the same sample, initial
-    weights and gradient-descent steps ``W <- W - eta d loss/dW``, so epoch
-    ``e`` is time ``t = eta e`` in units of ``tau``), and gets the same
-    ``t_a`` and ``t_b``. What differs is the batching. Runs with equal
-    configurations go through a batch of ``batch_size`` slots. A run leaves
-    its slot as soon as it is done: ``continue_factor`` times the epochs it
-    needed to cross both thresholds, or at ``config.epochs``. The next run
-    then takes the slot, so no slot keeps stepping a finished run while a
-    slow one catches up.
-
-    Parameters
-    ----------
-    statistics : DataStatistics or sequence of DataStatistics
-        Population statistics, shared or one per run.
-    configs : NetworkConfig or sequence of NetworkConfig
-        Shared or one per run; runs with equal configurations and data
-        dimensions share batches.
-    seeds : sequence of int
-        One seed per run: ``numpy.random.default_rng(seed)`` draws the
-        run's sample, then its initial weights.
-    continue_factor : float
-        At least 1; see above.
-    use_population_statistics : bool
-        Train on the population statistics instead of a sample.
-    batch_size : int
-        Slots of a batch, see :data:`NETWORK_BATCH_SIZE`.
-    workers : int
-        Processes that share the runs, started with the ``"spawn"`` method,
-        so a script that calls this needs an ``if __name__ == "__main__":``
-        guard. With 1, the calling process trains. Each worker imports the
-        package again (one to two seconds in ``benchmarks/README.md``).
-
-    Returns
-    -------
-    list of NetworkRunTiming
-        One per run, in the order of ``seeds``.
-    """
-    seeds = check_seeds(seeds)
-    count = len(seeds)
-    statistics = _per_run("statistics", statistics, DataStatistics, count)
-    configs = _per_run("configs", configs, NetworkConfig, count)
-    continue_factor = check_real("continue_factor", continue_factor)
-    if continue_factor < 1:
-        raise ValueError(f"continue_factor must be at least 1, got {continue_factor}")
-    batch_size = check_integer("batch_size", batch_size, 1)
-    workers = check_integer("workers", workers, 1)
-    options = (continue_factor, bool(use_population_statistics), batch_size)
-
-    groups: dict = {}
-    for index in range(count):
-        stats = statistics[index]
-        key = (configs[index], stats.dim_a, stats.dim_b, stats.dim_y)
-        groups.setdefault(key, []).append(index)
-    # Every worker gets every other run of each group, so that the shares
-    # cost about the same.
-    shares = [[] for _ in range(min(workers, count))]
-    position = 0
-    for indices in groups.values():
-        for index in indices:
-            shares[position % len(shares)].append(index)
-            position += 1
-    tasks = [
-        [(statistics[i], configs[i], seeds[i]) for i in share] for share in shares
-    ]
-    if len(tasks) == 1:
-        outputs = [_train_share(tasks[0], options)]
-    else:
-        outputs = _run_in_processes(tasks, options)
-    results: list[NetworkRunTiming | None] = [None] * count
-    for share, output in zip(shares, outputs, strict=True):
-        for index, result in zip(share, output, strict=True):
-            results[index] = result
-    return results
-
-
-def _per_run(name: str, value, kind: type, count: int) -> list:
-    if isinstance(value, kind):
-        return [value] * count
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise TypeError(
-            f"{name} must be a {kind.__name__} or a sequence of them, got "
-            f"{type(value).__name__}"
-        )
-    values = list(value)
-    if len(values) != count:
-        raise ValueError(
-            f"{name} must hold one {kind.__name__} per seed ({count}), got "
-            f"{len(values)}"
-        )
-    for index, item in enumerate(values):
-        if not isinstance(item, kind):
-            raise TypeError(
-                f"{name}[{index}] must be a {kind.__name__}, got {type(item).__name__}"
-            )
-    return values
-
-
-def _run_in_processes(tasks, options) -> list:
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(
-        max_workers=len(tasks), mp_context=context
-    ) as pool:
-        futures = [pool.submit(_train_share, task, options) for task in tasks]
-        return [future.result() for future in futures]
-
-
-def _train_share(task, options) -> list[NetworkRunTiming]:
-    """Train the runs of one worker, batching runs of equal configuration."""
-    continue_factor, use_population, batch_size = options
-    groups: dict = {}
-    for position, (stats, config, _) in enumerate(task):
-        key = (config, stats.dim_a, stats.dim_b, stats.dim_y)
-        groups.setdefault(key, []).append(position)
-    results: list[NetworkRunTiming | None] = [None] * len(task)
-    for positions in groups.values():
-        runs = [task[position] for position in positions]
-        stream = _RunStream(runs, continue_factor, use_population, batch_size)
-        with np.errstate(all="ignore"):
-            for position, result in zip(positions, stream.train(), strict=True):
-                results[position] = result
-    return results
-
-
-class _RunStream:
-    """Runs of one configuration stepped through a batch of slots.
-
-    Slot arrays have a leading axis of the current batch size. The weight
-    step is :func:`unibias.numerics.network._descent_direction` plus the old
-    weights, the arithmetic of ``train_networks``, so each run gets the same
-    numbers as there.
-    """
-
-    def __init__(self, runs, continue_factor, use_population, batch_size):
-        self.runs = runs
-        self.config = runs[0][1]
-        self.continue_factor = continue_factor
-        self.use_population = use_population
-        self.batch_size = batch_size
-        self.results: list[NetworkRunTiming | None] = [None] * len(runs)
-
-    def train(self) -> list[NetworkRunTiming]:
-        pending = list(range(len(self.runs)))
-        first = pending[: self.batch_size]
-        del pending[: self.batch_size]
-        slots = _Slots.stack(
-            [self._start(run) for run in first], self.config, self.continue_factor
-        )
-        while slots.size:
-            slots.evaluate()
-            finished = slots.finished()
-            if not finished.any():
-                slots.step()
-                continue
-            for slot in np.flatnonzero(finished):
-                run = int(slots.run[slot])
-                self.results[run] = slots.result(slot, self.runs[run])
-                if pending:
-                    slots.replace(slot, self._start(pending.pop(0)))
-                    finished[slot] = False
-            if finished.any():
-                slots.keep(~finished)
-            # The batch changed, so it is evaluated again before the next
-            # step. Evaluating an unchanged slot twice at one epoch changes
-            # nothing.
-        return self.results
-
-    def _start(self, run: int) -> _RunStart:
-        stats, config, seed = self.runs[run]
-        rng = np.random.default_rng(seed)
-        if self.use_population:
-            training = stats
-        else:
-            if config.samples <= stats.dim:
-                raise ValueError(
-                    "samples must exceed the input dimension d_A + d_B = "
-                    f"{stats.dim} for the sample covariance to be invertible, got "
-                    f"{config.samples}"
-                )
-            x_a, x_b, y = stats.sample(config.samples, rng)
-            training = DataStatistics.from_samples(x_a, x_b, y)
-        dims = (training.dim_a, training.dim_b, training.dim_y)
-        weights = init_weights(config, dims, [rng])
-        return _RunStart(run, training, weights)
-
-
-@dataclass
-class _RunStart:
-    run: int
-    training: DataStatistics
-    weights: NetworkWeights
-
-
-class _Slots:
-    """Batch state: weights, spare buffers and per-slot bookkeeping."""
-
-    # Per-slot arrays with a leading slot axis, compacted together by keep().
-    FIELDS = (
-        "run", "sigma", "sigma_yx", "optimum", "minimum_loss", "loss_limit",
-        "target_a", "target_b", "norm_a", "norm_b", "defined", "crossed_a",
-        "crossed_b", "learned_epoch", "stop_epoch", "epoch", "diverged", "records",
-    )
-
-    @classmethod
-    def stack(cls, starts: list[_RunStart], config: NetworkConfig,
-              continue_factor: float) -> _Slots:
-        slots = cls()
-        slots.config = config
-        slots.continue_factor = continue_factor
-        slots.training = [start.training for start in starts]
-        slots.weights = starts[0].weights.replaced(
-            [np.concatenate(arrays) for arrays in zip(
-                *(start.weights.arrays() for start in starts), strict=True)]
-        )
-        slots.spare = slots.weights.replaced(
-            [np.empty_like(array) for array in slots.weights.arrays()]
-        )
-        columns = [cls._columns(start, config) for start in starts]
-        for name in cls.FIELDS:
-            setattr(slots, name, np.stack([column[name] for column in columns]))
-        return slots
-
-    @staticmethod
-    def _columns(start: _RunStart, config: NetworkConfig) -> dict:
-        stats = start.training
-        optimum = stats.optimum
-        targets = phase_targets(stats, config.fusion_layer)
-        w_total = start.weights.w_total()[0]
-        zero_weight_loss = 0.5 * stats.total_y_second_moment
-        # loss(W) = loss(M_*) - 1/2 <W - W*, R>, as in train_networks.
-        minimum_loss = 0.5 * (
-            stats.total_y_second_moment - np.sum(stats.sigma_yx * optimum)
-        )
-        residual = stats.sigma_yx - w_total @ stats.sigma
-        initial_loss = minimum_loss - 0.5 * np.sum((w_total - optimum) * residual)
-        records = np.full((config.epochs + 1, *w_total.shape), np.nan)
-        return {
-            "run": start.run,
-            "sigma": stats.sigma,
-            "sigma_yx": stats.sigma_yx,
-            "optimum": optimum,
-            "minimum_loss": minimum_loss,
-            "loss_limit": DIVERGENCE_FACTOR * max(initial_loss, zero_weight_loss),
-            "target_a": targets.target_a,
-            "target_b": targets.target_b,
-            "norm_a": max(float(np.sum(targets.target_a**2)), 1e-300),
-            "norm_b": max(float(np.sum(targets.target_b**2)), 1e-300),
-            "defined": targets.missing_reason is None,
-            "crossed_a": False,
-            "crossed_b": False,
-            "learned_epoch": -1,
-            "stop_epoch": config.epochs,
-            "epoch": 0,
-            "diverged": False,
-            "records": records,
-        }
-
-    @property
-    def size(self) -> int:
-        return self.run.size
-
-    def evaluate(self) -> None:
-        """Compute the forward pass, the residual, the loss and the checks."""
-        self.forward = _forward(self.weights)
-        w_total = self.forward.w_total
-        self.residual = self.sigma_yx - w_total @ self.sigma
-        loss = self.minimum_loss - 0.5 * np.sum(
-            (w_total - self.optimum) * self.residual, axis=(1, 2)
-        )
-        # NOTE: train_networks also checks every weight for non-finite
-        # entries. Here the loss and W_tot stand in for that check, because a
-        # non-finite weight makes them non-finite in all but contrived cases.
-        finite = np.isfinite(loss) & np.all(np.isfinite(w_total), axis=(1, 2))
-        self.diverged = ~(finite & (loss <= self.loss_limit))
-        slots = np.arange(self.size)
-        self.records[slots, self.epoch] = np.where(
-            self.diverged[:, None, None], np.nan, w_total
-        )
-        dim_a = self.target_a.shape[-1]
-        fraction_a = np.sum(w_total[..., :dim_a] * self.target_a, axis=(1, 2))
-        fraction_b = np.sum(w_total[..., dim_a:] * self.target_b, axis=(1, 2))
-        usable = self.defined & ~self.diverged
-        self.crossed_a |= usable & (fraction_a / self.norm_a >= THRESHOLD_FRACTION)
-        self.crossed_b |= usable & (fraction_b / self.norm_b >= THRESHOLD_FRACTION)
-        newly = (self.learned_epoch < 0) & self.crossed_a & self.crossed_b
-        if newly.any():
-            self.learned_epoch = np.where(newly, self.epoch, self.learned_epoch)
-            # Same last epoch as train_networks gives a batch of this run alone.
-            stop = np.ceil(self.continue_factor * self.epoch).astype(int)
-            stop = np.minimum(stop, self.config.epochs)
-            self.stop_epoch = np.where(newly, stop, self.stop_epoch)
-
-    def finished(self) -> np.ndarray:
-        """Return which slots are done after :meth:`evaluate`."""
-        return self.diverged | (self.epoch >= self.stop_epoch)
-
-    def result(self, slot: int, run) -> NetworkRunTiming:
-        stats, config, seed = run
-        training = self.training[slot]
-        epoch = int(self.epoch[slot])
-        if self.diverged[slot]:
-            reason = (
-                f"training diverged at epoch {epoch} (learning rate "
-                f"{config.learning_rate:g})"
-            )
-            leading = phase_targets(training, config.fusion_layer).leading_modality
-            timing = PhaseTiming(None, None, None, leading, reason)
-            return NetworkRunTiming(timing, seed, config, training, epoch, epoch)
-        records = self.records[slot, : epoch + 1]
-        times = config.learning_rate * np.arange(epoch + 1, dtype=float)
-        dim_a = training.dim_a
-        timing = measure_phase_times(
-            times, records[..., :dim_a], records[..., dim_a:], training,
-            config.fusion_layer,
-        )
-        return NetworkRunTiming(timing, seed, config, training, epoch)
-
-    def replace(self, slot: int, start: _RunStart) -> None:
-        """Put a new run into ``slot``."""
-        for array, new in zip(
-            self.weights.arrays(), start.weights.arrays(), strict=True
-        ):
-            array[slot] = new[0]
-        self.training[slot] = start.training
-        for name, value in self._columns(start, self.config).items():
-            getattr(self, name)[slot] = value
-
-    def keep(self, mask: np.ndarray) -> None:
-        """Drop the slots where ``mask`` is false."""
-        self.weights = self.weights.replaced(
-            [array[mask] for array in self.weights.arrays()]
-        )
-        self.spare = self.spare.replaced(
-            [array[mask] for array in self.spare.arrays()]
-        )
-        self.training = [t for t, kept in zip(self.training, mask, strict=True)
-                         if kept]
-        for name in self.FIELDS:
-            setattr(self, name, getattr(self, name)[mask])
-
-    def step(self) -> None:
-        """Take one gradient-descent step in every slot."""
-        eta = self.config.learning_rate
-        # Same order of operations as train_networks: the direction of the
-        # scaled residual eta R is written into the spare buffers, then the
-        # old weights are added to it.
-        new = _descent_direction(
-            self.weights, self.forward, eta * self.residual, out=self.spare
-        )
-        for old_array, new_array in zip(
-            self.weights.arrays(), new.arrays(), strict=True
-        ):
-            new_array += old_array
-        self.weights, self.spare = new, self.weights
-        self.epoch = self.epoch + 1

@@ -16,7 +16,7 @@ with phase times in units of ``tau`` (learning rate times epochs).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -82,21 +82,32 @@ class TimingSetup:
                 "statistics must be a DataStatistics, got "
                 f"{type(self.statistics).__name__}"
             )
-        check_architecture(self.depth, self.fusion_layer)
-        if self.init_scheme not in INIT_SCHEMES:
+        depth, fusion_layer = check_architecture(self.depth, self.fusion_layer)
+        scheme = self.init_scheme
+        if not isinstance(scheme, str) or scheme not in INIT_SCHEMES:
             raise ValueError(
                 f"init_scheme must be one of {', '.join(INIT_SCHEMES)}, got "
                 f"{self.init_scheme!r}"
             )
-        check_positive("init_scale", self.init_scale)
-        check_integer("width", self.width, 1)
-        check_positive("learning_rate", self.learning_rate)
-        check_integer("samples", self.samples, 1)
-        check_integer("epochs", self.epochs, 1)
-        if not self.seeds:
-            raise ValueError("seeds must hold at least one seed, got ()")
-        for seed in self.seeds:
-            check_integer("seed", seed, 0)
+        seeds = self.seeds
+        if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence):
+            raise TypeError(f"seeds must be a sequence of integers, got {seeds!r}")
+        if not seeds:
+            raise ValueError(f"seeds must hold at least one seed, got {seeds!r}")
+        # Stored as plain Python numbers, so that equal setups compare equal
+        # and to_dict gives JSON values.
+        checked = {
+            "depth": depth,
+            "fusion_layer": fusion_layer,
+            "init_scale": check_positive("init_scale", self.init_scale),
+            "width": check_integer("width", self.width, 1),
+            "learning_rate": check_positive("learning_rate", self.learning_rate),
+            "samples": check_integer("samples", self.samples, 1),
+            "epochs": check_integer("epochs", self.epochs, 1),
+            "seeds": tuple(check_integer("seed", seed, 0) for seed in seeds),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
 
     def to_dict(self) -> dict:
         """Return the configuration as JSON-serialisable values."""
@@ -132,6 +143,12 @@ class MethodResult:
     timing: PhaseTiming
     trajectory: Trajectory | None = None
     trajectories: list[Trajectory] = field(default_factory=list)
+
+
+def _check_setup(setup) -> TimingSetup:
+    if not isinstance(setup, TimingSetup):
+        raise TypeError(f"setup must be a TimingSetup, got {type(setup).__name__}")
+    return setup
 
 
 @cache
@@ -171,7 +188,7 @@ def _closed_form_function(depth: int, fusion_layer: int) -> Callable:
 
 def closed_form(setup: TimingSetup) -> MethodResult:
     """Evaluate the small-initialisation formulas (A and B relabelled if B leads)."""
-    stats = setup.statistics
+    stats = _check_setup(setup).statistics
     leading = stats.leading_modality
     if setup.depth == 1:
         reason = "a single layer has no small-initialisation plateau to time"
@@ -200,6 +217,7 @@ def closed_form(setup: TimingSetup) -> MethodResult:
 
 def reduced_ode(setup: TimingSetup) -> MethodResult:
     """Integrate the exact balanced flow from ``u_0``."""
+    _check_setup(setup)
     solution = integrate_reduced_flow(
         setup.statistics, setup.depth, setup.fusion_layer, setup.init_scale
     )
@@ -209,6 +227,7 @@ def reduced_ode(setup: TimingSetup) -> MethodResult:
 
 def gd_map(setup: TimingSetup) -> MethodResult:
     """Iterate the width-1 gradient-descent map at ``setup.learning_rate``."""
+    _check_setup(setup)
     solution = iterate_gd_map(
         setup.statistics,
         setup.depth,
@@ -225,6 +244,7 @@ def finite_network(
     setup: TimingSetup, progress: Callable | None = None
 ) -> MethodResult:
     """Train width-``N`` networks, one per seed, and report the median timing."""
+    _check_setup(setup)
     config = NetworkConfig(
         depth=setup.depth,
         fusion_layer=setup.fusion_layer,
@@ -273,6 +293,11 @@ DEFAULT_METHODS = ("closed_form", "reduced_ode", "gd_map", "finite_network")
 
 def check_methods(names) -> list[str]:
     """Return ``names`` as a list after checking each is in :data:`METHODS`."""
+    if isinstance(names, (str, bytes)) or not isinstance(names, Iterable):
+        raise TypeError(
+            f"methods must be a sequence of method names from {', '.join(METHODS)}, "
+            f"got {names!r}"
+        )
     names = list(names)
     if not names:
         raise ValueError(f"methods must name at least one of {', '.join(METHODS)}")
@@ -286,4 +311,5 @@ def check_methods(names) -> list[str]:
 
 def run_methods(setup: TimingSetup, names=tuple(METHODS)) -> dict[str, MethodResult]:
     """Run the named methods on ``setup`` and return their results by name."""
+    _check_setup(setup)
     return {name: METHODS[name](setup) for name in check_methods(names)}

@@ -143,7 +143,8 @@ class NetworkConfig:
         )
         object.__setattr__(self, "epochs", check_integer("epochs", self.epochs, 1))
         object.__setattr__(self, "samples", check_integer("samples", self.samples, 1))
-        if self.init_scheme not in INIT_SCHEMES:
+        scheme = self.init_scheme
+        if not isinstance(scheme, str) or scheme not in INIT_SCHEMES:
             valid = ", ".join(repr(name) for name in INIT_SCHEMES)
             raise ValueError(
                 f"init_scheme must be one of {valid}, got {self.init_scheme!r}"

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from unibias.numerics.data import DataStatistics
+from unibias.theory._validate import MAX_DEPTH, check_integer
 
 THRESHOLD_FRACTION = 0.5
 """Fraction of its target at which a modality counts as learned."""
@@ -71,6 +72,7 @@ class PhaseTiming:
         reason: str | None = None,
     ) -> PhaseTiming:
         """Build a timing, computing the ratio when both times are known."""
+        _check_modality("leading_modality", leading_modality)
         leading, trailing = (t_a, t_b) if leading_modality == "A" else (t_b, t_a)
         ratio = None
         if leading is not None and trailing is not None and leading > 0:
@@ -143,8 +145,20 @@ def _fraction(block: np.ndarray, target: np.ndarray) -> np.ndarray:
     return projection / norm
 
 
+def _check_modality(name: str, value) -> None:
+    if value not in ("A", "B"):
+        raise ValueError(f"{name} must be 'A' or 'B', got {value!r}")
+
+
+def _check_statistics(stats) -> None:
+    if not isinstance(stats, DataStatistics):
+        raise TypeError(f"stats must be a DataStatistics, got {type(stats).__name__}")
+
+
 def phase_targets(stats: DataStatistics, fusion_layer: int) -> PhaseTargets:
     """Return the thresholds' targets for data ``stats`` and fusion layer ``L_f``."""
+    _check_statistics(stats)
+    fusion_layer = check_integer("fusion_layer", fusion_layer, 1, MAX_DEPTH)
     leading = stats.leading_modality
     optimum = stats.optimum
     final_a, final_b = optimum[:, : stats.dim_a], optimum[:, stats.dim_a :]
@@ -172,10 +186,18 @@ def first_crossing(times: np.ndarray, progress: np.ndarray) -> float | None:
     """Return the first time ``progress`` reaches the threshold, or ``None``.
 
     Interpolates linearly between the two samples around the crossing.
-    ``times`` and ``progress`` have shape (n,).
+    ``times`` and ``progress`` have shape (n,) with ``n >= 1``, and
+    ``times`` must be finite.
     """
-    times = np.asarray(times, dtype=float)
-    progress = np.asarray(progress, dtype=float)
+    times = _as_vector("times", times)
+    progress = _as_vector("progress", progress)
+    if progress.shape != times.shape:
+        raise ValueError(
+            f"progress must have the shape of times, {times.shape}, got "
+            f"{progress.shape}"
+        )
+    if not np.all(np.isfinite(times)):
+        raise ValueError("times must contain only finite values")
     above = np.flatnonzero(progress >= THRESHOLD_FRACTION)
     if above.size == 0:
         return None
@@ -185,6 +207,19 @@ def first_crossing(times: np.ndarray, progress: np.ndarray) -> float | None:
     before, after = progress[index - 1], progress[index]
     weight = (THRESHOLD_FRACTION - before) / (after - before)
     return float(times[index - 1] + weight * (times[index] - times[index - 1]))
+
+
+def _as_vector(name: str, value) -> np.ndarray:
+    try:
+        array = np.asarray(value, dtype=float)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{name} must be a numeric array, got {value!r}") from error
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(
+            f"{name} must be a non-empty one-dimensional array, got shape "
+            f"{array.shape}"
+        )
+    return array
 
 
 def measure_phase_times(
@@ -211,8 +246,15 @@ def measure_phase_times(
         Why the trajectory stopped (for example divergence), reported when a
         threshold was not reached.
     """
+    times = _as_vector("times", times)
     targets = phase_targets(stats, fusion_layer)
     progress_a, progress_b = targets.progress(w_a, w_b)
+    for name, block, progress in (("w_a", w_a, progress_a), ("w_b", w_b, progress_b)):
+        if np.shape(progress) != times.shape:
+            raise ValueError(
+                f"{name} must have one block per time, shape ({times.size}, d_y, "
+                f"d_m) or ({times.size},), got shape {np.shape(block)}"
+            )
     t_a = first_crossing(times, progress_a)
     t_b = first_crossing(times, progress_b)
     reason = targets.missing_reason
@@ -233,6 +275,7 @@ def misattribution(stats: DataStatistics) -> np.ndarray:
     B that correlates with A and is credited to A until B is learned. For the
     toy data set it equals ``rho sigma_B / sigma_A``.
     """
+    _check_statistics(stats)
     optimum = stats.optimum
     if stats.leading_modality == "A":
         return stats.unimodal_a - optimum[:, : stats.dim_a]

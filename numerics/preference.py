@@ -19,7 +19,12 @@ from matplotlib.ticker import NullFormatter
 
 from unibias.numerics.data import DataStatistics
 from unibias.numerics.network import NetworkConfig, train_networks
-from unibias.theory._validate import check_integer, check_positive, check_real
+from unibias.theory._validate import (
+    check_integer,
+    check_positive,
+    check_real,
+    check_seeds,
+)
 from unibias.theory.preference import superficial_preference
 
 __all__ = [
@@ -122,6 +127,7 @@ def measure_preference(
             f"got w_a={w_a}, w_b={w_b}"
         )
     sigma_ratio = check_positive("sigma_ratio", sigma_ratio)
+    seeds = check_seeds(seeds)
     statistics = DataStatistics.toy(
         rho=0.0, sigma_ratio=sigma_ratio, teacher=(w_a, w_b)
     )
@@ -130,7 +136,7 @@ def measure_preference(
         learning_rate=learning_rate, epochs=epochs, init_scheme="entry",
     )
     run = train_networks(
-        statistics, config, list(seeds), use_population_statistics=True,
+        statistics, config, seeds, use_population_statistics=True,
         stop_when_learned=False, record_every=1,
     )
     timing = run.median_timing()
@@ -190,12 +196,15 @@ def classify_grid(
 
 
 def _log_grid(name: str, bounds, points: int) -> np.ndarray:
+    usage = f"{name} must be two positive numbers (low, high), got {bounds!r}"
+    if isinstance(bounds, (str, bytes)):
+        raise TypeError(usage)
     try:
         low, high = (check_positive(name, value) for value in bounds)
+    except TypeError as error:
+        raise TypeError(usage) from error
     except ValueError as error:
-        raise ValueError(
-            f"{name} must be two positive numbers (low, high), got {bounds!r}"
-        ) from error
+        raise ValueError(usage) from error
     if not low < high:
         raise ValueError(f"{name} must have low < high, got {bounds!r}")
     return np.geomspace(low, high, points)

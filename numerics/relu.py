@@ -13,6 +13,13 @@ ReLU network's loss does not reduce to covariances. Time is
 ``learning_rate * epoch`` in units of ``tau``. Every entry of every weight is
 drawn with standard deviation ``init_scale``.
 
+As for the linear networks of :mod:`unibias.numerics.network`, a run diverges
+when its loss or weights become non-finite or its loss exceeds
+``DIVERGENCE_FACTOR`` (``10^6``) times the larger of its initial loss and the
+loss at zero weights. Such a run stops there, and its phase times are
+reported as not reached, with the reason
+``"training diverged at epoch E (learning rate X)"``.
+
 Two experiments:
 
 * :func:`time_relu_toy`, the toy data set with a linear target. A branch is
@@ -38,12 +45,14 @@ Two experiments:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from unibias.numerics.data import DataStatistics
+from unibias.numerics.network import DIVERGENCE_FACTOR
 from unibias.numerics.phases import (
     THRESHOLD_FRACTION,
     PhaseTiming,
@@ -55,6 +64,7 @@ from unibias.theory._validate import (
     check_integer,
     check_open_interval,
     check_positive,
+    check_real,
     check_seeds,
 )
 
@@ -112,7 +122,11 @@ class ReluRun:
     first_layers, second_layers : list of ndarray
         Weights at the end of training, one entry per branch (two for late
         fusion, one for early fusion): ``W^1`` of shape (N, d) and ``W^2`` of
-        shape (N,).
+        shape (N,). A diverged run keeps the weights of the epoch before
+        ``diverged_epoch``.
+    diverged_epoch : int or None
+        Epoch at which training diverged and stopped, or ``None``. The
+        records end at the last recorded epoch before it.
     """
 
     times: np.ndarray
@@ -125,6 +139,7 @@ class ReluRun:
     activation: str
     first_layers: list[np.ndarray]
     second_layers: list[np.ndarray]
+    diverged_epoch: int | None = None
 
 
 def _as_inputs(name: str, value, count: int | None = None) -> np.ndarray:
@@ -155,6 +170,7 @@ def train_relu_network(
     record_every: int = 5,
     progress: Callable | None = None,
     record_output: bool = False,
+    continue_factor: float = 1.5,
 ) -> ReluRun:
     """Train a two-layer network by full-batch gradient descent on samples.
 
@@ -190,15 +206,31 @@ def train_relu_network(
         Record every this many epochs, and at the last one.
     progress : callable, optional
         ``progress(product_a, product_b, output) -> (progress_a, progress_b)``
-        evaluated at each record. Training stops at the first record where
-        both have reached ``THRESHOLD_FRACTION`` (1/2).
+        evaluated at each record. Once both have reached
+        ``THRESHOLD_FRACTION`` (1/2) at epoch ``E``, training continues to
+        epoch ``ceil(continue_factor * E)`` (at most ``epochs``) and stops,
+        so that a run that blows up right after its crossing is reported as
+        diverged rather than as learned.
     record_output : bool
         Keep the output on every training input at each record
         (``records x n`` floats).
+    continue_factor : float
+        Margin, at least 1, of training after both thresholds are reached,
+        as for the linear networks of :func:`unibias.numerics.network.train_networks`.
 
     Returns
     -------
     ReluRun
+        Training stops early at the first epoch whose loss or weights are
+        non-finite or whose loss exceeds ``DIVERGENCE_FACTOR`` times the
+        larger of the initial loss and ``1/(2n) sum_i y_i^2`` (the loss at
+        zero weights). That epoch is ``diverged_epoch``.
+
+    Raises
+    ------
+    ValueError
+        For invalid arguments, when ``learning_rate * epochs`` overflows, or
+        when the initial output is not finite (``init_scale`` too large).
     """
     x_a = _as_inputs("x_a", x_a)
     count = len(x_a)
@@ -218,6 +250,14 @@ def train_relu_network(
     learning_rate = check_positive("learning_rate", learning_rate)
     epochs = check_integer("epochs", epochs, 1)
     record_every = check_integer("record_every", record_every, 1)
+    continue_factor = check_real("continue_factor", continue_factor)
+    if continue_factor < 1:
+        raise ValueError(f"continue_factor must be at least 1, got {continue_factor}")
+    if not math.isfinite(learning_rate * epochs):
+        raise ValueError(
+            f"learning_rate * epochs, the training time in tau, must be finite, "
+            f"got learning_rate = {learning_rate:g} and epochs = {epochs}"
+        )
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be callable or None, got {progress!r}")
 
@@ -247,30 +287,59 @@ def train_relu_network(
         records["pb"].append(float(fraction_b))
         return min(fraction_a, fraction_b) >= THRESHOLD_FRACTION
 
-    for epoch in range(epochs + 1):
-        # A contiguous W^1^T was up to 10x faster than the transposed view for
-        # inputs of 2 or 3 columns (OpenBLAS 0.3.31, 2-core x86-64 machine).
-        pre = [
-            x @ np.ascontiguousarray(w1.T) for x, w1 in zip(inputs, first, strict=True)
-        ]
-        hidden = [act(z) for z in pre]
-        output = sum(h @ w2 for (h, _), w2 in zip(hidden, second, strict=True))
-        if epoch % record_every == 0 or epoch == epochs:
-            learned = record(epoch, output)
-            if learned or epoch == epochs:
+    zero_weight_loss = 0.5 * float(np.mean(y * y))
+    last_epoch = epochs
+    loss_limit = math.inf
+    diverged_epoch = None
+    previous = (first, second)
+    # Overflow and invalid values are expected in a diverging run. The check
+    # below detects them, so numpy's warnings would only repeat it.
+    with np.errstate(all="ignore"):
+        for epoch in range(epochs + 1):
+            # A contiguous W^1^T was up to 10x faster than the transposed view
+            # for inputs of 2 or 3 columns (OpenBLAS 0.3.31, 2-core x86-64).
+            pre = [
+                x @ np.ascontiguousarray(w1.T)
+                for x, w1 in zip(inputs, first, strict=True)
+            ]
+            hidden = [act(z) for z in pre]
+            output = sum(h @ w2 for (h, _), w2 in zip(hidden, second, strict=True))
+            loss = 0.5 * float(np.mean((y - output) ** 2))
+            if epoch == 0:
+                if not math.isfinite(loss):
+                    raise ValueError(
+                        f"the initial network output is not finite at init_scale = "
+                        f"{init_scale:g} and width = {width}. Use a smaller "
+                        "init_scale"
+                    )
+                loss_limit = DIVERGENCE_FACTOR * max(loss, zero_weight_loss)
+            elif not _is_stable(loss, loss_limit, first, second):
+                diverged_epoch = epoch
+                first, second = previous
                 break
-        residual = (y - output) / count
-        for k, x in enumerate(inputs):
-            h, mask = hidden[k]
-            weighted = residual[:, None] * x
-            # Sum over the samples where each unit is active (all, if linear).
-            if mask is None:
-                correlation = np.broadcast_to(weighted.sum(axis=0), first[k].shape)
-            else:
-                correlation = mask.T @ weighted
-            step_first = second[k][:, None] * correlation
-            second[k] = second[k] + learning_rate * (h.T @ residual)
-            first[k] = first[k] + learning_rate * step_first
+            if epoch % record_every == 0 or epoch == last_epoch:
+                learned = record(epoch, output)
+                if learned and last_epoch == epochs:
+                    last_epoch = min(epochs, math.ceil(continue_factor * epoch))
+                if epoch == last_epoch:
+                    break
+            residual = (y - output) / count
+            # Each update below makes new arrays, so `previous` keeps the
+            # weights of this epoch.
+            previous = (list(first), list(second))
+            for k, x in enumerate(inputs):
+                h, mask = hidden[k]
+                weighted = residual[:, None] * x
+                # Sum over the samples where each unit is active (all, if linear).
+                if mask is None:
+                    correlation = np.broadcast_to(
+                        weighted.sum(axis=0), first[k].shape
+                    )
+                else:
+                    correlation = mask.T @ weighted
+                step_first = second[k][:, None] * correlation
+                second[k] = second[k] + learning_rate * (h.T @ residual)
+                first[k] = first[k] + learning_rate * step_first
 
     def stacked(key):
         return np.array(records[key]) if records[key] else None
@@ -286,7 +355,18 @@ def train_relu_network(
         activation=activation,
         first_layers=first,
         second_layers=second,
+        diverged_epoch=diverged_epoch,
     )
+
+
+def _is_stable(loss: float, loss_limit: float, first, second) -> bool:
+    if not (math.isfinite(loss) and loss <= loss_limit):
+        return False
+    return all(np.all(np.isfinite(weights)) for weights in (*first, *second))
+
+
+def _divergence_reason(epoch: int, learning_rate: float) -> str:
+    return f"training diverged at epoch {epoch} (learning rate {learning_rate:g})"
 
 
 # ----------------------------------------------------------------------
@@ -316,7 +396,8 @@ class ToyTiming:
     relu, linear : PhaseTiming
         Medians over the seeds, in units of ``tau``. The ReLU product is
         divided by :data:`RELU_PRODUCT_FACTOR` before the linear thresholds
-        are applied.
+        are applied. A diverged run reports neither time, with the reason
+        ``"training diverged at epoch E (learning rate X)"``.
     theory_ratio : float or None
         Small-initialisation ratio of linear late fusion,
         ``1 + (sigma_A^2 - 1) / (1 - rho^2)`` on toy data; ``None`` for early
@@ -343,6 +424,9 @@ class ToyTiming:
 
 
 def _median_timing(timings: list[PhaseTiming]) -> PhaseTiming:
+    if len(timings) == 1:
+        return timings[0]
+
     def median(values):
         values = [value for value in values if value is not None]
         return float(np.median(values)) if values else None
@@ -380,7 +464,9 @@ def time_relu_toy(
     points (``sigma_B = 1``, teacher ``(1, 1)``, no noise), then the ReLU
     network's weights, then the linear network's weights. The thresholds come
     from the sample's own statistics (:meth:`DataStatistics.from_samples`).
-    Each network stops once both thresholds are crossed, or after ``epochs``.
+    Each network trains until 1.5 times the epoch at which both thresholds
+    are crossed, until it diverges (see :func:`train_relu_network`), or for
+    ``epochs`` epochs, whichever comes first.
 
     Parameters
     ----------
@@ -446,15 +532,20 @@ def time_relu_toy(
                 record_every=1,
                 progress=progress,
             )
-            timings[activation].append(
-                measure_phase_times(
+            if run.diverged_epoch is None:
+                timing = measure_phase_times(
                     run.times,
                     run.product_a[:, None, :] / factor,
                     run.product_b[:, None, :] / factor,
                     training,
                     fusion_layer,
                 )
-            )
+            else:
+                reason = _divergence_reason(run.diverged_epoch, learning_rate)
+                timing = PhaseTiming(
+                    None, None, None, targets.leading_modality, reason
+                )
+            timings[activation].append(timing)
     theory = linear_late_fusion_ratio(population) if fusion_layer == 2 else None
     return ToyTiming(
         relu=_median_timing(timings["relu"]),
@@ -509,8 +600,13 @@ class XorTiming:
     learned_first : str or None
         ``"A"``, ``"B"``, or ``None`` when a time is missing.
     final_progress_a, final_progress_b : float
-        Median projections at the end of training.
+        Median projections at the end of training. A diverged run
+        contributes its last record before the divergence.
     settings : dict
+    reason : str or None
+        Why a time is missing, for example
+        ``"training diverged at epoch E (learning rate X)"``, or ``None`` when
+        every seed reached both thresholds.
     """
 
     fusion_layer: int
@@ -520,6 +616,7 @@ class XorTiming:
     final_progress_a: float
     final_progress_b: float
     settings: dict
+    reason: str | None = None
 
     def to_dict(self) -> dict:
         """Return a JSON-compatible record."""
@@ -531,6 +628,7 @@ class XorTiming:
             "final_progress_a": self.final_progress_a,
             "final_progress_b": self.final_progress_b,
             "settings": dict(self.settings),
+            "reason": self.reason,
         }
 
 
@@ -547,8 +645,10 @@ def time_relu_xor(
     """Time a ReLU network on :func:`xor_data` and report the order of learning.
 
     For each seed, ``np.random.default_rng(seed)`` draws the samples, then
-    the weights. Training stops once both projections reach 1/2, or after
-    ``epochs``.
+    the weights. Training runs until 1.5 times the epoch at which both
+    projections reach 1/2, until it diverges (see
+    :func:`train_relu_network`), or for ``epochs`` epochs, whichever comes
+    first. A diverged seed reports neither time.
 
     At the defaults (seed 0) this measured ``t_A = 24.7``, ``t_B = 15.0`` for
     early fusion and ``t_A = 39.8``, ``t_B = 15.3`` for late fusion: both
@@ -561,7 +661,7 @@ def time_relu_xor(
     """
     fusion_layer = check_integer("fusion_layer", fusion_layer, 1, 2)
     seeds = check_seeds(seeds)
-    times_a, times_b, finals_a, finals_b = [], [], [], []
+    times_a, times_b, finals_a, finals_b, reasons = [], [], [], [], []
     for seed in seeds:
         rng = np.random.default_rng(seed)
         x_a, x_b, y, y_a, y_b = xor_data(samples, rng)
@@ -583,8 +683,16 @@ def time_relu_xor(
             record_every=1,
             progress=progress,
         )
-        times_a.append(first_crossing(run.times, run.progress_a))
-        times_b.append(first_crossing(run.times, run.progress_b))
+        if run.diverged_epoch is None:
+            time_a = first_crossing(run.times, run.progress_a)
+            time_b = first_crossing(run.times, run.progress_b)
+            reason = _xor_missing_reason(time_a, time_b, float(run.times[-1]))
+        else:
+            time_a = time_b = None
+            reason = _divergence_reason(run.diverged_epoch, learning_rate)
+        times_a.append(time_a)
+        times_b.append(time_b)
+        reasons.append(reason)
         finals_a.append(run.progress_a[-1])
         finals_b.append(run.progress_b[-1])
 
@@ -597,6 +705,12 @@ def time_relu_xor(
     learned_first = None
     if t_a is not None and t_b is not None:
         learned_first = "A" if t_a < t_b else "B"
+    missed = [reason for reason in reasons if reason is not None]
+    reason = reasons[0] if len(reasons) == 1 else None
+    if len(reasons) > 1 and missed:
+        reason = (
+            f"{len(missed)} of {len(reasons)} runs missed a threshold ({missed[0]})"
+        )
     settings = {
         "samples": samples,
         "width": width,
@@ -615,4 +729,15 @@ def time_relu_xor(
         final_progress_a=float(np.median(finals_a)),
         final_progress_b=float(np.median(finals_b)),
         settings=settings,
+        reason=reason,
+    )
+
+
+def _xor_missing_reason(t_a, t_b, horizon: float) -> str | None:
+    missing = [name for name, time in (("A", t_a), ("B", t_b)) if time is None]
+    if not missing:
+        return None
+    return (
+        f"the projection on y_{missing[0]} did not reach 1/2 by "
+        f"t = {horizon:.6g} tau"
     )

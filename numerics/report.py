@@ -52,6 +52,7 @@ __all__ = [
     "deep_setting_setups",
     "format_timing_table",
     "main_job_text",
+    "recorded_seed",
     "report_inputs",
     "run_deep_setting",
     "time_methods",
@@ -468,10 +469,19 @@ show a different t_B/t_A than the width-1 prediction.
 
 
 def main_job_text(reports: Sequence[TimingReport]) -> str:
-    """Return the text of ``timing.txt``: every table, then a note on the gap."""
-    tables = "\n\n".join(format_timing_table(report) for report in reports)
+    """Return the version line, every table, then a note on the gap.
+
+    ``timing.txt`` contains the same text, with the provenance comment lines
+    of :func:`unibias.numerics.io.provenance_header` in place of the version
+    line.
+    """
     version = f"unibias {package_version('unibias')}"
-    return f"{version}\n\n{tables}\n\n{_GAP_NOTE}"
+    return f"{version}\n\n{_tables_text(reports)}"
+
+
+def _tables_text(reports: Sequence[TimingReport]) -> str:
+    tables = "\n\n".join(format_timing_table(report) for report in reports)
+    return f"{tables}\n\n{_GAP_NOTE}"
 
 
 def _write(path: Path, writer: Callable[[Path], object]) -> Path:
@@ -481,6 +491,29 @@ def _write(path: Path, writer: Callable[[Path], object]) -> Path:
         reason = error.strerror or str(error)
         raise OSError(f"cannot write {path}: {reason}") from error
     return path
+
+
+def recorded_seed(reports: Sequence[TimingReport]) -> int | None:
+    """Return the seed to record with the outputs of ``reports``.
+
+    The first seed when a finite network was trained, which is the only
+    method that draws random numbers, otherwise ``None``.
+    """
+    if any("finite_network" in report.methods for report in reports):
+        return reports[0].setup.seeds[0]
+    return None
+
+
+def _job_config(reports: Sequence[TimingReport]) -> dict:
+    """Return the settings shared by ``reports``, with all their fusion layers."""
+    inputs = report_inputs(reports[0])
+    config = {
+        key: value
+        for key, value in inputs.items()
+        if key not in ("fusion_layer", "seed", "unibias_version")
+    }
+    config["fusion_layers"] = [report.setup.fusion_layer for report in reports]
+    return config
 
 
 def write_main_outputs(
@@ -495,8 +528,12 @@ def write_main_outputs(
     output_dir : str or os.PathLike
         Created if missing.
     config : dict, optional
-        Configuration stored in the metadata of ``timing.json``; defaults to
-        :data:`DEEP_SETTING` with the seeds.
+        Configuration recorded in every file with the seed of
+        :func:`recorded_seed` and the versions
+        (:func:`unibias.numerics.io.run_metadata`). Defaults to the settings
+        of the first report (:func:`report_inputs`) with the fusion layers of
+        all reports. ``equations.tex`` records only the depth and the fusion
+        layers, and no seed, because nothing random enters it.
 
     Returns
     -------
@@ -515,23 +552,38 @@ def write_main_outputs(
     if not reports:
         raise ValueError("reports must contain at least one TimingReport, got none")
     output_dir = Path(output_dir)
-    seeds = list(reports[0].setup.seeds)
     if config is None:
-        config = dict(DEEP_SETTING, fusion_layers=list(DEEP_SETTING["fusion_layers"]),
-                      seeds=seeds)
-    timing_json = {
-        "metadata": run_metadata(config, seed=seeds[0]),
-        "results": [timing_record(report) for report in reports],
-    }
+        config = _job_config(reports)
+    provenance = run_metadata(config, seed=recorded_seed(reports))
+    timing_json = {"results": [timing_record(report) for report in reports]}
     figure = plot_dynamics(reports)
     depth = reports[0].setup.depth
-    equations = latex_document(depth, [report.setup.fusion_layer for report in reports])
+    fusion_layers = [report.setup.fusion_layer for report in reports]
+    equations = latex_document(depth, fusion_layers)
+    # The same record with the arguments of latex_document, so that every
+    # file of the job has the same creation time.
+    equations_provenance = dict(
+        provenance, config={"depth": depth, "fusion_layers": fusion_layers}, seed=None
+    )
+    text = _tables_text(reports)
     writers = {
-        "timing.txt": lambda path: atomic_write_text(path, main_job_text(reports)),
-        "timing.json": lambda path: atomic_write_json(path, timing_json),
-        "timing.csv": lambda path: atomic_write_csv(path, csv_rows(reports)),
-        "dynamics.png": lambda path: atomic_savefig(figure, path, dpi=150),
-        "dynamics.pdf": lambda path: atomic_savefig(figure, path),
-        "equations.tex": lambda path: atomic_write_text(path, equations),
+        "timing.txt": lambda path: atomic_write_text(
+            path, text, provenance=provenance, comment_prefix="# "
+        ),
+        "timing.json": lambda path: atomic_write_json(
+            path, timing_json, provenance=provenance
+        ),
+        "timing.csv": lambda path: atomic_write_csv(
+            path, csv_rows(reports), provenance=provenance
+        ),
+        "dynamics.png": lambda path: atomic_savefig(
+            figure, path, provenance=provenance, dpi=150
+        ),
+        "dynamics.pdf": lambda path: atomic_savefig(
+            figure, path, provenance=provenance
+        ),
+        "equations.tex": lambda path: atomic_write_text(
+            path, equations, provenance=equations_provenance, comment_prefix="% "
+        ),
     }
     return [_write(output_dir / name, writers[name]) for name in MAIN_OUTPUT_FILES]

@@ -327,13 +327,12 @@ class _ResultStore:
                 f"adds {list(RESERVED_RESULT_KEYS)} itself"
             )
         plain = to_json_compatible(result, where)
-        record = {
-            "key": pending.key,
-            "task": self.task_name,
-            "result": plain,
-            "metadata": run_metadata(pending.point, seed=pending.seed),
-        }
-        atomic_write_json(self.cache_dir / f"{pending.key}.json", record)
+        record = {"key": pending.key, "task": self.task_name, "result": plain}
+        atomic_write_json(
+            self.cache_dir / f"{pending.key}.json",
+            record,
+            provenance=run_metadata(pending.point, seed=pending.seed),
+        )
         self.results[pending.key] = plain
         self.progress_bar.update(self.occurrences[pending.key])
 

@@ -54,7 +54,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from unibias.numerics.compile import compile_system, statistics_vector
+from unibias.numerics.codegen_cache import compile_system_cached
+from unibias.numerics.compile import statistics_vector
 from unibias.numerics.data import DataStatistics
 from unibias.numerics.network import (
     INIT_SCHEMES,
@@ -353,7 +354,7 @@ def width_aware_start_from_network(
         )
     blocks = [array[run] for array in _width1_order(weights)]
     depth, fusion_layer = weights.depth, weights.fusion_layer
-    names = compile_system("width1", depth, fusion_layer).state_names
+    names = compile_system_cached("width1", depth, fusion_layer).state_names
     gains = tuple(
         _layer_gain(name, block.shape, float(np.sqrt(np.mean(block**2))))
         for name, block in zip(names, blocks, strict=True)
@@ -414,7 +415,7 @@ def _build_start(stats, depth, fusion_layer, gains, source) -> WidthAwareStart:
         for index in np.flatnonzero(small):
             weights[index] = source.projection(index, direction)
     else:
-        system = compile_system("width1", depth, fusion_layer)
+        system = compile_system_cached("width1", depth, fusion_layer)
         for block in _coupled_blocks(system, weights, small, params):
             gram = source.gram(block, direction)
             weights[block] = _growing_mode_start(
@@ -698,7 +699,7 @@ def iterate_width_aware_map(
             "starts and statistics must be non-empty and of equal length, got "
             f"{len(starts)} and {len(statistics)}"
         )
-    system = compile_system("width1", depth, fusion_layer)
+    system = compile_system_cached("width1", depth, fusion_layer)
     size = len(system.state_names)
     for index, start in enumerate(starts):
         if start.weights.shape != (size,):

@@ -193,7 +193,9 @@ def test_plot_and_latex_written(capsys, tmp_path):
     assert status == 0
     assert figure.read_bytes().startswith(b"\x89PNG")
     text = document.read_text()
-    assert text.startswith("\\documentclass{article}")
+    # The provenance comment lines come before the document.
+    assert text.startswith("% unibias ")
+    assert "\n\\documentclass{article}\n" in text
     assert "L_f = 2" in text
     assert f"Wrote {figure}" in out
 
@@ -233,7 +235,8 @@ def test_main_job_writes_outputs(capsys, tmp_path):
     assert exact[3] == pytest.approx(1.649, rel=0.01)
     assert exact[4] == pytest.approx(4.0, rel=0.01)
     with open(tmp_path / "timing.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
+        data_lines = (line for line in handle if not line.startswith("#"))
+        rows = list(csv.DictReader(data_lines))
     assert len(rows) == 16
     assert (tmp_path / "dynamics.pdf").read_bytes().startswith(b"%PDF")
     assert (tmp_path / "equations.tex").read_text().count("\\section{") == 4
@@ -258,3 +261,18 @@ def test_console_script(tmp_path):
     assert bad.stderr.splitlines() == [
         "unibias: error: --rho must lie in (-1, 1), got 1.5"
     ]
+
+
+@pytest.mark.parametrize("value", ["-1e-3", "-.5", "-0.25"])
+def test_negative_values_in_every_spelling_are_values(capsys, value):
+    # argparse of Python 3.11 alone reads "-1e-3" as an unknown option.
+    record = _run_json(capsys, "--methods", "closed_form", "--rho", value)
+    assert record["inputs"]["rho"] == float(value)
+
+
+def test_negative_infinity_is_a_value_out_of_range(capsys):
+    assert main(["timing", "--rho", "-inf"]) == 2
+    error = capsys.readouterr().err
+    assert error == (
+        "unibias: error: --rho must be finite and lie in (-1, 1), got -inf\n"
+    )

@@ -11,7 +11,9 @@ def test_derive_writes_document(tmp_path):
                    str(path)])
     text = path.read_text()
     assert status == 0
-    assert text.startswith(r"\documentclass")
+    # The provenance comment lines come before the document.
+    assert text.startswith("% unibias ")
+    assert "\n\\documentclass" in text
     assert text.rstrip().endswith(r"\end{document}")
     assert "Conserved quantities" in text
     assert "Stability of the fixed points" in text
@@ -32,10 +34,10 @@ def test_derive_prints_every_fusion_layer(capsys):
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        (["--depth", "11"], "depth must be at least 1 and at most 10, got 11"),
+        (["--depth", "11"], "--depth must be at least 1 and at most 10, got 11"),
         (["--depth", "3", "--fusion-layer", "4"],
-         "fusion_layer must be at least 1 and at most 3, got 4"),
-        (["--rho", "1"], "rho must lie in"),
+         "--fusion-layer must be at least 1 and at most 3, got 4"),
+        (["--rho", "1"], "--rho must lie in"),
         (["--data-stats", "missing-file.json"], "missing-file.json"),
     ],
 )

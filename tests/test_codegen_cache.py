@@ -1,13 +1,15 @@
 """Disk cache of generated code: hits, stale and corrupt files, locations."""
 
+import json
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
 
-from unibias.numerics import codegen_cache
+from unibias.numerics import codegen_cache, flow, gd_map, width_aware
 from unibias.numerics.codegen_cache import (
     cache_directory,
     cache_key,
@@ -15,6 +17,7 @@ from unibias.numerics.codegen_cache import (
     compile_system_cached,
 )
 from unibias.numerics.compile import compile_system
+from unibias.numerics.data import DataStatistics
 
 MODELS = [("reduced", 3, 2), ("width1", 3, 2), ("reduced", 4, 4), ("width1", 2, 1)]
 
@@ -23,6 +26,7 @@ MODELS = [("reduced", 3, 2), ("width1", 3, 2), ("reduced", 4, 4), ("width1", 2, 
 def cache_dir(tmp_path, monkeypatch):
     folder = tmp_path / "cache"
     monkeypatch.setenv("UNIBIAS_CACHE_DIR", str(folder))
+    monkeypatch.setattr(codegen_cache, "_warned_folders", set())
     compile_system_cached.cache_clear()
     yield folder
     compile_system_cached.cache_clear()
@@ -187,3 +191,132 @@ def test_unwritable_cache_warns_and_still_compiles(tmp_path, monkeypatch):
 def test_cached_compile_rejects_bad_model(arguments, message):
     with pytest.raises(ValueError, match=message):
         compile_system_cached(*arguments)
+
+
+def test_unwritable_cache_warns_once_per_folder(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("UNIBIAS_CACHE_DIR", str(blocker / "cache"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compile_system_cached("reduced", 2, 1)
+        compile_system_cached("width1", 2, 1)
+    messages = [item for item in caught if "code cache" in str(item.message)]
+    assert len(messages) == 1
+    # The warning points at the caller of compile_system_cached.
+    assert messages[0].filename == __file__
+
+
+def test_missing_home_warns_and_still_compiles(monkeypatch):
+    # Without HOME and without a password entry, Path.home() raises.
+    def no_entry(uid):
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.delenv("UNIBIAS_CACHE_DIR")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.setattr("pwd.getpwuid", no_entry)
+    with pytest.warns(UserWarning, match="could not write the code cache folder"):
+        system = compile_system_cached("width1", 2, 2)
+    _assert_same_outputs(system, compile_system("width1", 2, 2))
+
+
+# ----------------------------------------------------------------------
+# Same numbers as the uncached functions
+
+ALL_SMALL_MODELS = [
+    (kind, depth, fusion_layer)
+    for depth in range(1, 4)
+    for fusion_layer in range(1, depth + 1)
+    for kind in ("reduced", "width1")
+]
+
+
+@pytest.mark.parametrize("model", ALL_SMALL_MODELS)
+def test_cached_rhs_equals_uncached(model):
+    # Signed states of several magnitudes: the width-1 weights may be negative.
+    reference = compile_system(*model)
+    compile_system_cached(*model)
+    compile_system_cached.cache_clear()
+    loaded = compile_system_cached(*model)
+    rng = np.random.default_rng(12345)
+    size = len(reference.state_names)
+    state = rng.normal(scale=2.0, size=(size, 50))
+    params = rng.uniform(-1.0, 3.0, size=(6, 50))
+    expected = reference.rhs(state, params)
+    assert expected.shape == (size, 50)
+    assert np.array_equal(loaded.rhs(state, params), expected)
+    single = loaded.rhs(state[:, 0], params[:, 0])
+    assert np.array_equal(single, reference.rhs(state[:, 0], params[:, 0]))
+
+
+def _uncached_module(module, monkeypatch):
+    monkeypatch.setattr(module, "compile_system_cached", compile_system)
+
+
+def test_reduced_flow_uses_cache(monkeypatch):
+    stats = DataStatistics.toy(rho=0.3, sigma_ratio=2.0)
+    cached = flow.integrate_reduced_flow(stats, 3, 2, 0.1)
+    assert cached_source_path("reduced", 3, 2).is_file()
+    _uncached_module(flow, monkeypatch)
+    uncached = flow.integrate_reduced_flow(stats, 3, 2, 0.1)
+    assert cached.timing == uncached.timing
+    assert np.array_equal(cached.state, uncached.state)
+
+
+def test_gd_map_uses_cache(monkeypatch):
+    stats = DataStatistics.toy(rho=0.3, sigma_ratio=2.0)
+    cached = gd_map.iterate_gd_map(stats, 3, 2, 0.05, init_scale=0.1)
+    assert cached_source_path("width1", 3, 2).is_file()
+    _uncached_module(gd_map, monkeypatch)
+    uncached = gd_map.iterate_gd_map(stats, 3, 2, 0.05, init_scale=0.1)
+    assert cached.timing == uncached.timing
+    assert np.array_equal(cached.weights, uncached.weights)
+
+
+def test_width_aware_map_uses_cache(monkeypatch):
+    stats = DataStatistics.toy(rho=0.3, sigma_ratio=2.0)
+    start = width_aware.width_aware_start(stats, 3, 2, 100, 0.1, "norm")
+    arguments = ([start], [stats], 3, 2, 0.05)
+    cached = width_aware.iterate_width_aware_map(*arguments)
+    assert cached_source_path("width1", 3, 2).is_file()
+    _uncached_module(width_aware, monkeypatch)
+    uncached = width_aware.iterate_width_aware_map(*arguments)
+    assert cached.timings == uncached.timings
+    assert np.array_equal(cached.w_a, uncached.w_a)
+    assert np.array_equal(cached.w_b, uncached.w_b)
+
+
+# ----------------------------------------------------------------------
+# Import cost
+
+
+def test_warm_cache_does_not_import_sympy():
+    for model in MODELS:
+        compile_system_cached(*model)
+    script = textwrap.dedent(
+        """
+        import json
+        import sys
+
+        from unibias.numerics import codegen_cache, compile, flow, gd_map
+        from unibias.numerics import width_aware
+
+        def fail(*args):
+            raise SystemExit("generated instead of loaded")
+
+        codegen_cache._generate_file = fail
+        after_import = "sympy" in sys.modules
+        for model in json.loads(sys.argv[1]):
+            codegen_cache.compile_system_cached(*model)
+        print(json.dumps({"after_import": after_import,
+                          "after_load": "sympy" in sys.modules}))
+        """
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(MODELS)],
+        capture_output=True, text=True, check=True,
+    )
+    loaded = json.loads(output.stdout)
+    assert loaded["after_import"] is False
+    assert loaded["after_load"] is False

@@ -3,6 +3,7 @@
 import argparse
 import json
 import math
+import re
 import shutil
 
 import numpy as np
@@ -122,6 +123,12 @@ def test_main_unknown_name_exits_2(capsys):
     assert error.count("\n") == 1
     assert "nosuch" in error
     assert "deep_rho" in error
+
+
+def test_output_dir_of_wrong_type_rejected():
+    message = "output_dir must be a str or os.PathLike, got int"
+    with pytest.raises(TypeError, match=message):
+        run_experiments(["deep_rho"], output_dir=5)
 
 
 def test_scheduler_without_dask_rejected():
@@ -274,7 +281,8 @@ def test_outputs_written(tiny_run):
         folder = output_dir / record.name
         assert (folder / f"{record.name}.png").read_bytes().startswith(b"\x89PNG")
         assert (folder / f"{record.name}.pdf").read_bytes().startswith(b"%PDF")
-        header = (folder / f"{record.name}.csv").read_text().splitlines()[0]
+        lines = (folder / f"{record.name}.csv").read_text().splitlines()
+        header = next(line for line in lines if not line.startswith("#"))
         assert "point_seed" in header.split(",")
         saved = json.loads((folder / f"{record.name}.json").read_text())
         assert saved["experiment"] == record.name
@@ -390,3 +398,33 @@ def test_executors_agree_with_serial(executor, tmp_path):
     assert len(serial) > 10
     assert all(math.isfinite(value) for value in serial)
     assert serial == other
+    assert results["serial"] == results[executor]
+    # Every output file is the same apart from creation and run times.
+    serial_files = sorted((tmp_path / "serial" / "deep_init").iterdir())
+    other_files = sorted((tmp_path / executor / "deep_init").iterdir())
+    assert [path.name for path in serial_files] == [path.name for path in other_files]
+    for first, second in zip(serial_files, other_files, strict=True):
+        assert _without_times(first) == _without_times(second), first.name
+
+
+def _without_times(path) -> bytes:
+    """Return the bytes of ``path`` without creation times and run times.
+
+    PNG chunks lose their checksums, which cover the creation time.
+    """
+    data = path.read_bytes()
+    if data.startswith(b"\x89PNG"):
+        chunks, offset = [], 8
+        while offset < len(data):
+            length = int.from_bytes(data[offset:offset + 4], "big")
+            chunks.append(data[offset + 4:offset + 8 + length])
+            offset += 12 + length
+        data = b"\n".join(chunks)
+    for pattern in (
+        rb'"created": ?"[^"]*"',
+        rb"created: \S+",
+        rb"/CreationDate \([^)]*\)",
+        rb'"elapsed_seconds": [0-9.e+-]+',
+    ):
+        data = re.sub(pattern, b"", data)
+    return data

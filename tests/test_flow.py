@@ -271,11 +271,49 @@ def test_gd_map_rejects_bad_arguments(toy_uncorrelated):
         iterate_gd_map(toy_uncorrelated, 2, 2, 0.04)
     with pytest.raises(ValueError, match=r"initial_weights must be 4 finite numbers"):
         iterate_gd_map(toy_uncorrelated, 2, 2, 0.04, initial_weights=[0.1, 0.1])
+    with pytest.raises(TypeError, match=r"initial_weights must be 4 finite numbers"):
+        iterate_gd_map(toy_uncorrelated, 2, 2, 0.04, initial_weights=["a"] * 4)
+    with pytest.raises(ValueError, match=r"init_scale must lie in \(0, 1\), got 1\.5"):
+        iterate_gd_map(toy_uncorrelated, 2, 2, 0.04, init_scale=1.5)
+    with pytest.raises(ValueError, match=r"continue_factor must be at least 1, got 0"):
+        iterate_gd_map(toy_uncorrelated, 2, 2, 0.04, init_scale=0.1, continue_factor=0)
+    with pytest.raises(ValueError, match=r"continue_factor must be finite, got nan"):
+        iterate_gd_map(toy_uncorrelated, 2, 2, 0.04, init_scale=0.1,
+                       continue_factor=float("nan"))
+    with pytest.raises(TypeError, match=r"stats must be a DataStatistics, got dict"):
+        iterate_gd_map({}, 2, 2, 0.04, init_scale=0.1)
+
+
+@pytest.mark.parametrize(
+    "arguments, error, message",
+    [
+        (dict(init_scale=0.0), ValueError,
+         r"init_scale must lie in \(0, 1\), got 0\.0"),
+        (dict(init_scale=1.0), ValueError,
+         r"init_scale must lie in \(0, 1\), got 1\.0"),
+        (dict(init_scale=float("nan")), ValueError,
+         r"init_scale must be finite and lie in \(0, 1\), got nan"),
+        (dict(samples=1), ValueError, r"samples must be at least 2, got 1"),
+        (dict(samples=2.5), TypeError, r"samples must be an integer, got 2\.5"),
+        (dict(rtol=-1.0), ValueError, r"rtol must be positive, got -1\.0"),
+        (dict(rtol=1e-3), ValueError,
+         r"rtol must be positive and at most 1e-05, got 0\.001"),
+        (dict(rtol=float("nan")), ValueError, r"rtol must be finite and positive"),
+        (dict(continue_factor=0.5), ValueError,
+         r"continue_factor must be at least 1, got 0\.5"),
+        (dict(method="bogus"), ValueError,
+         r"method must be one of \('Radau', .*\), got 'bogus'"),
+        (dict(stats="toy"), TypeError, r"stats must be a DataStatistics, got str"),
+    ],
+)
+def test_flow_rejects_bad_options(toy_uncorrelated, arguments, error, message):
+    call = dict(stats=toy_uncorrelated, depth=2, fusion_layer=2, init_scale=0.1)
+    call.update(arguments)
+    with pytest.raises(error, match=message):
+        integrate_reduced_flow(**call)
 
 
 def test_flow_rejects_bad_arguments(toy_uncorrelated):
-    with pytest.raises(ValueError, match=r"init_scale must be positive, got 0\.0"):
-        integrate_reduced_flow(toy_uncorrelated, 2, 2, 0.0)
     message = r"fusion_layer must be at least 1 and at most 2"
     with pytest.raises(ValueError, match=message):
         integrate_reduced_flow(toy_uncorrelated, 2, 3, 0.1)

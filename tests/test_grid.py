@@ -1,4 +1,4 @@
-"""Batched exact phase times, batched finite networks and ``unibias grid``.
+"""Batched exact phase times and ``unibias grid``.
 
 Time is in units of ``tau``. Closed forms used below, for the toy data with
 ``rho = 0`` (so ``Sigma_AB = 0`` and the modalities decouple), ``sigma_A = r``
@@ -29,9 +29,7 @@ from unibias.numerics.grid import (
     time_reduced_flow_batch,
     time_toy_grid,
     toy_statistics_vectors,
-    train_network_sweep,
 )
-from unibias.numerics.network import NetworkConfig, train_networks
 
 REFERENCE_TOLERANCE = 1e-4
 """Largest relative difference accepted against the per-point integrator."""
@@ -217,7 +215,12 @@ def test_toy_statistics_vectors_match_data_statistics():
          r"statistics must have shape \(6, ...\)"),
         (lambda: time_reduced_flow_batch(np.ones((6, 1)), 2, 2, 0.1),
          "positive definite"),
-        (lambda: time_toy_grid([0.0], [2.0], 2, 2, 0.0), "init_scale must be positive"),
+        (lambda: time_toy_grid([0.0], [2.0], 2, 2, 0.0),
+         r"init_scale must lie in \(0, 1\), got 0.0"),
+        (lambda: time_toy_grid([0.0], [2.0], 2, 2, 1.0),
+         r"init_scale must lie in \(0, 1\), got 1.0"),
+        (lambda: time_toy_grid([1.5], [2.0], 2, 2, 0.1),
+         r"rho must lie in \(-1, 1\), got 1.5$"),
         (lambda: time_toy_grid([0.0], [2.0], 2, 3, 0.1),
          "fusion_layer must be at least 1 and at most 2, got 3"),
         (lambda: time_toy_grid([0.0], [2.0], 2, 2, 0.1, rtol=1.0),
@@ -251,6 +254,11 @@ def test_rows_hold_no_nan():
 # Command line
 
 
+def _data_lines(handle):
+    """Yield the lines of a CSV file after its ``#`` provenance comments."""
+    return (line for line in handle if not line.startswith("#"))
+
+
 def test_grid_command_writes_csv(tmp_path, capsys):
     output = tmp_path / "grid.csv"
     status = main([
@@ -259,9 +267,9 @@ def test_grid_command_writes_csv(tmp_path, capsys):
     ])
     assert status == 0
     with open(output, newline="") as handle:
-        rows = list(csv.DictReader(handle))
+        rows = list(csv.DictReader(_data_lines(handle)))
     with open(output, newline="") as handle:
-        header = next(csv.reader(handle))
+        header = next(csv.reader(_data_lines(handle)))
     assert header == [
         "rho", "sigma_ratio", "t_a", "t_b", "time_ratio", "reached", "reason"
     ]
@@ -271,9 +279,9 @@ def test_grid_command_writes_csv(tmp_path, capsys):
     assert float(rows[1]["time_ratio"]) == pytest.approx(9.0, rel=1e-6)
     assert rows[1]["reached"] == "True"
     assert rows[1]["reason"] == ""
-    metadata = json.loads((tmp_path / "grid.csv.json").read_text())
-    assert metadata["config"]["depth"] == 2
-    assert metadata["points"] == 2
+    saved = json.loads((tmp_path / "grid.csv.json").read_text())
+    assert saved["metadata"]["config"]["depth"] == 2
+    assert saved["points"] == 2
     assert "wrote" in capsys.readouterr().out
 
 
@@ -286,7 +294,7 @@ def test_grid_command_leaves_missing_cells_empty(tmp_path):
     ])
     assert status == 0
     with open(output, newline="") as handle:
-        row = next(csv.DictReader(handle))
+        row = next(csv.DictReader(_data_lines(handle)))
     assert row["time_ratio"] == ""
     assert "nan" not in output.read_text().lower()
     assert "starts at or above" in row["reason"]
@@ -318,74 +326,3 @@ def test_grid_command_rejects_bad_range(tmp_path, capsys, option, value, message
     assert not output.exists()
 
 
-# ----------------------------------------------------------------------
-# Finite networks
-
-
-def _small_config(fusion_layer, **changes):
-    settings = dict(depth=3, fusion_layer=fusion_layer, width=12, init_scale=0.1,
-                    learning_rate=0.05, epochs=4000, samples=64)
-    settings.update(changes)
-    return NetworkConfig(**settings)
-
-
-def test_network_sweep_matches_train_networks():
-    # Seven runs of two architectures through batches of three slots, so runs
-    # leave early and new ones take their slots.
-    statistics = [DataStatistics.toy(rho, 2.0) for rho in (-0.4, 0.0, 0.5)]
-    runs = [(stats, _small_config(fusion_layer), seed)
-            for fusion_layer in (2, 3)
-            for stats, seed in zip(statistics, (0, 1, 2), strict=True)]
-    runs.append((statistics[1], _small_config(3), 7))
-    results = train_network_sweep(
-        [run[0] for run in runs], [run[1] for run in runs], [run[2] for run in runs],
-        continue_factor=1.2, batch_size=3,
-    )
-    for (stats, config, seed), result in zip(runs, results, strict=True):
-        alone = train_networks(stats, config, [seed], continue_factor=1.2)
-        expected = alone.timings[0]
-        assert expected.time_ratio is not None
-        assert result.timing.t_a == expected.t_a
-        assert result.timing.t_b == expected.t_b
-        assert result.epochs == len(alone.times) - 1
-        assert result.seed == seed
-        assert result.diverged_epoch is None
-
-
-@pytest.mark.slow
-def test_network_sweep_two_workers_give_same_timings():
-    # Each worker process imports the package again (a few seconds).
-    statistics = DataStatistics.toy(0.2, 2.0)
-    config = _small_config(2)
-    serial = train_network_sweep(statistics, config, [0, 1, 2])
-    parallel = train_network_sweep(statistics, config, [0, 1, 2], workers=2)
-    assert [r.timing for r in serial] == [r.timing for r in parallel]
-
-
-def test_network_sweep_reports_divergence():
-    config = _small_config(2, learning_rate=5.0, init_scale=0.5)
-    result = train_network_sweep(DataStatistics.toy(0.0, 2.0), config, [0])[0]
-    assert result.diverged_epoch is not None
-    assert result.timing.t_a is None
-    assert "training diverged at epoch" in result.timing.reason
-
-
-@pytest.mark.parametrize(
-    "arguments, error, message",
-    [
-        (dict(seeds=[0, 1], statistics=[DataStatistics.toy()]), ValueError,
-         r"statistics must hold one DataStatistics per seed \(2\), got 1"),
-        (dict(seeds=[0], configs="config"), TypeError,
-         "configs must be a NetworkConfig or a sequence of them"),
-        (dict(seeds=[0], continue_factor=0.5), ValueError,
-         "continue_factor must be at least 1, got 0.5"),
-        (dict(seeds=[0], batch_size=0), ValueError, "batch_size must be at least 1"),
-        (dict(seeds=[-1]), ValueError, r"seeds\[0\] must be at least 0"),
-    ],
-)
-def test_network_sweep_rejects_bad_input(arguments, error, message):
-    call = dict(statistics=DataStatistics.toy(), configs=_small_config(2))
-    call.update(arguments)
-    with pytest.raises(error, match=message):
-        train_network_sweep(call.pop("statistics"), call.pop("configs"),
-                            call.pop("seeds"), **call)

@@ -415,6 +415,12 @@ def test_median_timing_over_reached_runs():
          "epochs must be at least 1, got 0"),
         ({"depth": 2, "fusion_layer": 1, "init_scheme": "xavier"}, ValueError,
          "init_scheme must be one of 'norm', 'entry', got 'xavier'"),
+        ({"depth": 2, "fusion_layer": 1, "init_scheme": ["norm"]}, ValueError,
+         "init_scheme must be one of 'norm', 'entry', got ['norm']"),
+        ({"depth": 2, "fusion_layer": 1, "samples": 0}, ValueError,
+         "samples must be at least 1, got 0"),
+        ({"depth": 2, "fusion_layer": 1, "learning_rate": float("inf")}, ValueError,
+         "learning_rate must be finite and positive, got inf"),
     ],
 )
 def test_config_rejects_bad_values(arguments, error, message):

@@ -1,4 +1,10 @@
-"""Properties of the dynamics that must hold for every valid configuration."""
+"""Properties of the dynamics that must hold for every valid configuration.
+
+CI draws a few examples per property. Set ``UNIBIAS_PROPERTY_EXAMPLES`` (for
+example to 200) for a longer search.
+"""
+
+import os
 
 import numpy as np
 import pytest
@@ -14,7 +20,7 @@ from unibias.theory.conservation import conserved_quantities
 from unibias.theory.model import fusion_network
 
 PROPERTY_SETTINGS = settings(
-    max_examples=6,
+    max_examples=int(os.environ.get("UNIBIAS_PROPERTY_EXAMPLES", "6")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
@@ -77,8 +83,12 @@ def test_flow_conserves_layer_differences(rho, sigma_ratio, architecture, seed):
 def test_flow_ends_at_global_minimum(rho, sigma_ratio, init_scale, architecture):
     depth, fusion_layer = architecture
     stats = DataStatistics.toy(rho, sigma_ratio)
+    # A continue factor this large never ends the run before the flow's own
+    # convergence event (loss gap 1e-12 of the initial one): strongly
+    # correlated inputs converge along their small eigenvalue much later than
+    # t_b.
     solution = integrate_reduced_flow(
-        stats, depth, fusion_layer, init_scale, continue_factor=20.0
+        stats, depth, fusion_layer, init_scale, continue_factor=1e6
     )
     optimum = stats.optimum.ravel()
     assert solution.w_a[-1] == pytest.approx(optimum[0], abs=1e-3)
@@ -103,7 +113,13 @@ def test_ratio_grows_with_fusion_depth(rho, sigma_ratio, init_scale, depth):
         assert deeper >= shallower * (1 - 1e-9)
     # Early fusion has no unimodal plateau.
     assert ratios[0] < ratios[-1]
-    assert ratios[0] < 1.5
+    # Its ratio is close to 1 when both modalities correlate with y in the
+    # same direction (Sigma_yB at least half of Sigma_yA). When Sigma_yB is
+    # small or negative, W_B first follows Sigma_yx away from its final value
+    # and t_b grows for that reason alone.
+    (sigma_ya, sigma_yb), = stats.sigma_yx
+    if sigma_yb >= 0.5 * sigma_ya:
+        assert ratios[0] < 1.5
 
 
 @PROPERTY_SETTINGS

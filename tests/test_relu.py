@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 
 import numpy as np
 import pytest
 
+from unibias.cli.main import main
 from unibias.cli.science import add_relu_parser
 from unibias.numerics.data import DataStatistics
 from unibias.numerics.relu import (
@@ -185,3 +188,251 @@ def test_cli_toy_json(capsys):
 def test_cli_rejects_bad_rho(capsys):
     with pytest.raises(ValueError, match="--rho must lie in"):
         _run_cli(capsys, "--rho", "1.5")
+
+
+# ----------------------------------------------------------------------
+# Divergence
+
+DIVERGED = r"training diverged at epoch [1-9][0-9]* \(learning rate {}\)"
+"""Reason of a diverged run, with the learning rate as printed by ``:g``."""
+
+TINY = {"width": 20, "samples": 256}
+"""Settings for runs that only need to diverge, which takes a few epochs."""
+
+
+def _forward(first, second, inputs):
+    pre = [x @ w1.T for x, w1 in zip(inputs, first, strict=True)]
+    output = sum(np.maximum(z, 0) @ w2 for z, w2 in zip(pre, second, strict=True))
+    return pre, output
+
+
+def _descent_step(first, second, inputs, y, eta):
+    # Gradient of 1/(2n) sum_i (y_i - f(x_i))^2 for f = sum_k W2_k ReLU(W1_k x):
+    # dL/dW2 = -h^T r and dL/dW1 = -((r W2) * 1[z > 0])^T X with r = (y - f)/n.
+    pre, output = _forward(first, second, inputs)
+    residual = (y - output) / len(y)
+    new_first, new_second = [], []
+    for x, z, w1, w2 in zip(inputs, pre, first, second, strict=True):
+        active = (z > 0).astype(float)
+        new_second.append(w2 + eta * np.maximum(z, 0).T @ residual)
+        new_first.append(w1 + eta * ((residual[:, None] * w2) * active).T @ x)
+    return new_first, new_second
+
+
+@pytest.mark.parametrize("fusion_layer", [1, 2])
+def test_divergence_stops_at_loss_limit(fusion_layer):
+    rng = np.random.default_rng(0)
+    x_a, x_b, y, _, _ = xor_data(64, rng)
+    scale, eta, width = 0.5, 5.0, 4
+    run = train_relu_network(
+        x_a, x_b, y, np.random.default_rng(1), fusion_layer=fusion_layer,
+        width=width, init_scale=scale, learning_rate=eta, epochs=100,
+        record_every=1, record_output=True,
+    )
+    epoch = run.diverged_epoch
+    assert epoch is not None
+    # Every epoch before the divergence is recorded, and none after it.
+    np.testing.assert_allclose(run.times, eta * np.arange(epoch))
+
+    draw = np.random.default_rng(1)
+    inputs = [x_a, x_b] if fusion_layer == 2 else [np.hstack([x_a, x_b])]
+    first = [scale * draw.standard_normal((width, x.shape[1])) for x in inputs]
+    second = list(scale * draw.standard_normal((len(inputs), width)))
+    initial_loss = 0.5 * np.mean((y - _forward(first, second, inputs)[1]) ** 2)
+    limit = 1e6 * max(initial_loss, 0.5 * np.mean(y**2))
+    recorded_losses = 0.5 * np.mean((y - run.output) ** 2, axis=1)
+    assert np.all(recorded_losses <= limit)
+
+    # The run keeps the weights of the last recorded epoch ...
+    _, last_output = _forward(run.first_layers, run.second_layers, inputs)
+    np.testing.assert_allclose(last_output, run.output[-1], rtol=1e-12)
+    # ... and one more gradient step from them passes the limit.
+    with np.errstate(all="ignore"):
+        stepped = _descent_step(run.first_layers, run.second_layers, inputs, y, eta)
+        next_loss = 0.5 * np.mean((y - _forward(*stepped, inputs)[1]) ** 2)
+    assert not next_loss <= limit
+
+
+def test_normal_learning_rate_unchanged():
+    rng = np.random.default_rng(2)
+    x_a, x_b, y, _, _ = xor_data(256, rng)
+
+    def progress(product_a, product_b, output):
+        return output @ x_b[:, 0] / (x_b[:, 0] @ x_b[:, 0]), 1.0
+
+    runs = {
+        factor: train_relu_network(
+            x_a, x_b, y, np.random.default_rng(3), width=10, init_scale=1e-3,
+            learning_rate=0.05, epochs=3000, record_every=1, progress=progress,
+            continue_factor=factor,
+        )
+        for factor in (1.0, 1.5)
+    }
+    stopped, continued = runs[1.0], runs[1.5]
+    assert stopped.diverged_epoch is None
+    assert continued.diverged_epoch is None
+    # The 1.5 margin trains past the crossing epoch E to ceil(1.5 E) ...
+    crossing = len(stopped.times) - 1
+    assert len(continued.times) == math.ceil(1.5 * crossing) + 1
+    # ... and leaves the trajectory up to E unchanged.
+    np.testing.assert_array_equal(
+        continued.progress_a[: crossing + 1], stopped.progress_a
+    )
+
+
+def test_train_rejects_overflowing_horizon():
+    x_a, x_b, y, _, _ = xor_data(8, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="learning_rate \\* epochs, the training"):
+        train_relu_network(
+            x_a, x_b, y, np.random.default_rng(0), learning_rate=1e306, epochs=4000
+        )
+
+
+def test_train_rejects_bad_continue_factor():
+    x_a, x_b, y, _, _ = xor_data(8, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="continue_factor must be at least 1"):
+        train_relu_network(x_a, x_b, y, np.random.default_rng(0), continue_factor=0.5)
+
+
+def test_toy_large_learning_rate_diverges():
+    timing = time_relu_toy(0.0, 2.0, learning_rate=100.0, **TINY)
+    for name in ("relu", "linear"):
+        result = getattr(timing, name)
+        assert result.t_a is None, name
+        assert result.t_b is None, name
+        assert result.time_ratio is None, name
+        assert re.fullmatch(DIVERGED.format("100"), result.reason), result.reason
+
+
+def test_toy_normal_learning_rate_has_no_reason():
+    timing = time_relu_toy(0.0, 2.0, **TINY)
+    assert timing.relu.reason is None
+    assert timing.linear.reason is None
+    assert timing.relu.time_ratio is not None
+
+
+def test_xor_large_learning_rate_diverges():
+    timing = time_relu_xor(2, learning_rate=100.0, **TINY)
+    assert timing.t_a is None
+    assert timing.t_b is None
+    assert timing.learned_first is None
+    assert re.fullmatch(DIVERGED.format("100"), timing.reason), timing.reason
+    assert math.isfinite(timing.final_progress_a)
+    assert math.isfinite(timing.final_progress_b)
+
+
+def test_xor_reason_counts_seeds():
+    timing = time_relu_xor(1, learning_rate=100.0, seeds=(0, 1), **TINY)
+    pattern = r"2 of 2 runs missed a threshold \(" + DIVERGED.format("100") + r"\)"
+    assert re.fullmatch(pattern, timing.reason), timing.reason
+
+
+def test_xor_normal_learning_rate_has_no_reason():
+    timing = time_relu_xor(2, **FAST)
+    assert timing.reason is None
+    assert timing.to_dict()["reason"] is None
+
+
+# ----------------------------------------------------------------------
+# Command line: divergence end to end and invalid options
+
+
+def _reject_nan(text):
+    raise ValueError(f"JSON output contains {text}")
+
+
+@pytest.mark.parametrize("data", ["toy", "xor"])
+def test_cli_huge_learning_rate_reports_divergence(capsys, data):
+    argv = ["relu", "--data", data, "--lr", "1e6", "--width", "20",
+            "--samples", "256"]
+    assert main(argv) == 0
+    table = capsys.readouterr()
+    assert "nan" not in table.out.lower()
+    assert re.search(r"\(" + DIVERGED.format(r"1e\+06") + r"\)", table.out)
+
+    assert main([*argv, "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    record = json.loads(captured.out, parse_constant=_reject_nan)
+    results = [record["relu"], record["linear"]] if data == "toy" else [
+        record["early"], record["late"]
+    ]
+    for result in results:
+        assert result["t_a"] is None
+        assert result["t_b"] is None
+        assert re.fullmatch(DIVERGED.format(r"1e\+06"), result["reason"])
+    assert captured.err == ""
+
+
+# (option, value, message after "unibias: error: ")
+BAD_OPTIONS = [
+    ("--data", "abc", r"argument --data: invalid choice: 'abc' .*"),
+    ("--format", "csv", r"argument --format: invalid choice: 'csv' .*"),
+    ("--rho", "-1", r"--rho must lie in \(-1, 1\), got -1\.0"),
+    ("--rho", "1", r"--rho must lie in \(-1, 1\), got 1\.0"),
+    ("--rho", "nan", r"--rho must be finite and lie in \(-1, 1\), got nan"),
+    ("--rho", "inf", r"--rho must be finite and lie in \(-1, 1\), got inf"),
+    ("--rho", "abc", r"argument --rho: invalid float value: 'abc'"),
+    ("--sigma-ratio", "-2", r"--sigma-ratio must be positive, got -2\.0"),
+    ("--sigma-ratio", "0", r"--sigma-ratio must be positive, got 0\.0"),
+    ("--sigma-ratio", "nan", r"--sigma-ratio must be finite and positive, got nan"),
+    ("--sigma-ratio", "inf", r"--sigma-ratio must be finite and positive, got inf"),
+    ("--sigma-ratio", "abc", r"argument --sigma-ratio: invalid float value: 'abc'"),
+    ("--samples", "-5", r"--samples must be at least 3, got -5"),
+    ("--samples", "0", r"--samples must be at least 3, got 0"),
+    ("--samples", "nan", r"argument --samples: invalid int value: 'nan'"),
+    ("--samples", "inf", r"argument --samples: invalid int value: 'inf'"),
+    ("--samples", "2.5", r"argument --samples: invalid int value: '2\.5'"),
+    ("--width", "-1", r"--width must be at least 1, got -1"),
+    ("--width", "0", r"--width must be at least 1, got 0"),
+    ("--width", "nan", r"argument --width: invalid int value: 'nan'"),
+    ("--width", "inf", r"argument --width: invalid int value: 'inf'"),
+    ("--width", "abc", r"argument --width: invalid int value: 'abc'"),
+    ("--init", "-0.1", r"--init must be positive, got -0\.1"),
+    ("--init", "0", r"--init must be positive, got 0\.0"),
+    ("--init", "nan", r"--init must be finite and positive, got nan"),
+    ("--init", "inf", r"--init must be finite and positive, got inf"),
+    ("--init", "abc", r"argument --init: invalid float value: 'abc'"),
+    ("--lr", "-0.04", r"--lr must be positive, got -0\.04"),
+    ("--lr", "0", r"--lr must be positive, got 0\.0"),
+    ("--lr", "nan", r"--lr must be finite and positive, got nan"),
+    ("--lr", "inf", r"--lr must be finite and positive, got inf"),
+    ("--lr", "1e400", r"--lr must be finite and positive, got inf"),
+    ("--lr", "abc", r"argument --lr: invalid float value: 'abc'"),
+    ("--lr", "1e306",
+     r"--lr times --epochs, the training time in tau, must be finite, got "
+     r"--lr 1e\+306 and --epochs 4000"),
+    ("--epochs", "-1", r"--epochs must be at least 1, got -1"),
+    ("--epochs", "0", r"--epochs must be at least 1, got 0"),
+    ("--epochs", "nan", r"argument --epochs: invalid int value: 'nan'"),
+    ("--epochs", "inf", r"argument --epochs: invalid int value: 'inf'"),
+    ("--epochs", "abc", r"argument --epochs: invalid int value: 'abc'"),
+    ("--seed", "-1", r"--seed must be at least 0, got -1"),
+    ("--seed", "nan", r"argument --seed: invalid int value: 'nan'"),
+    ("--seed", "inf", r"argument --seed: invalid int value: 'inf'"),
+    ("--seed", "abc", r"argument --seed: invalid int value: 'abc'"),
+    ("--repeats", "-1", r"--repeats must be at least 1, got -1"),
+    ("--repeats", "0", r"--repeats must be at least 1, got 0"),
+    ("--repeats", "nan", r"argument --repeats: invalid int value: 'nan'"),
+    ("--repeats", "inf", r"argument --repeats: invalid int value: 'inf'"),
+    ("--repeats", "abc", r"argument --repeats: invalid int value: 'abc'"),
+]
+
+
+@pytest.mark.parametrize(("option", "value", "message"), BAD_OPTIONS)
+def test_cli_bad_option_one_line(capsys, option, value, message):
+    status = main(["relu", f"{option}={value}"])
+    captured = capsys.readouterr()
+    assert status == 2
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert re.fullmatch("unibias: error: " + message, lines[0]), lines[0]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [case for case in BAD_OPTIONS if not case[2].startswith("argument")],
+)
+def test_cli_handler_raises_value_error(capsys, option, value, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        _run_cli(capsys, f"{option}={value}")

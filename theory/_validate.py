@@ -26,19 +26,37 @@ def check_integer(name: str, value, minimum: int, maximum: int | None = None) ->
     return value
 
 
-def check_real(name: str, value) -> float:
-    """Return ``value`` as a finite ``float``."""
+def _finite_float(name: str, value, valid_range: str = "") -> float:
+    """Return ``value`` as a finite ``float``, naming ``valid_range`` on failure.
+
+    With ``valid_range = "positive"`` a NaN is reported as
+    ``"x must be finite and positive, got nan"``.
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
+    requirement = f"finite and {valid_range}" if valid_range else "finite"
+    try:
+        value = float(value)
+    except OverflowError:
+        # Python integers have no size limit, but float64 stops near 1.8e308.
+        digits = len(str(abs(int(value))))
+        raise ValueError(
+            f"{name} must be {requirement}, got an integer of {digits} digits, "
+            "beyond the float64 range"
+        ) from None
     if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
+        raise ValueError(f"{name} must be {requirement}, got {value}")
     return value
+
+
+def check_real(name: str, value) -> float:
+    """Return ``value`` as a finite ``float``."""
+    return _finite_float(name, value)
 
 
 def check_positive(name: str, value) -> float:
     """Return ``value`` as a finite ``float`` after checking ``value > 0``."""
-    value = check_real(name, value)
+    value = _finite_float(name, value, "positive")
     if value <= 0:
         raise ValueError(f"{name} must be positive, got {value}")
     return value
@@ -46,9 +64,10 @@ def check_positive(name: str, value) -> float:
 
 def check_open_interval(name: str, value, low: float, high: float) -> float:
     """Return ``value`` as a ``float`` after checking ``low < value < high``."""
-    value = check_real(name, value)
+    interval = f"({low:g}, {high:g})"
+    value = _finite_float(name, value, f"lie in {interval}")
     if not low < value < high:
-        raise ValueError(f"{name} must lie in ({low:g}, {high:g}), got {value}")
+        raise ValueError(f"{name} must lie in {interval}, got {value}")
     return value
 
 

@@ -16,7 +16,13 @@ from functools import cache
 
 import sympy as sp
 
-from unibias.theory.model import STATISTICS, LinearFusionNetwork, fusion_network
+from unibias.theory._validate import check_architecture
+from unibias.theory.model import (
+    STATISTICS,
+    LinearFusionNetwork,
+    check_network,
+    fusion_network,
+)
 
 
 def _layer_pair_basis(network: LinearFusionNetwork) -> dict[str, sp.Expr]:
@@ -39,7 +45,7 @@ def conserved_coefficients(network: LinearFusionNetwork) -> sp.Matrix:
 
     Rows follow ``network.weights``.
     """
-    weights = network.weights
+    weights = check_network("network", network).weights
     c = sp.symbols(f"c_0:{len(weights)}")
     rate = sp.expand(
         sum(2 * ci * w * f for ci, w, f in zip(c, weights, network.flow, strict=False))
@@ -51,7 +57,6 @@ def conserved_coefficients(network: LinearFusionNetwork) -> sp.Matrix:
     return sp.Matrix.hstack(*basis) if basis else sp.zeros(len(weights), 0)
 
 
-@cache
 def conserved_quantities(depth: int, fusion_layer: int) -> dict[str, sp.Expr]:
     """Return the conserved quadratic quantities of the width-1 flow by name.
 
@@ -72,6 +77,11 @@ def conserved_quantities(depth: int, fusion_layer: int) -> dict[str, sp.Expr]:
     {'a_1^2 - a_2^2': a_1**2 - a_2**2, 'b_1^2 - b_2^2': b_1**2 - b_2**2, \
 'a_2^2 + b_2^2 - v_3^2': a_2**2 + b_2**2 - v_3**2}
     """
+    return _cached_quantities(*check_architecture(depth, fusion_layer))
+
+
+@cache
+def _cached_quantities(depth: int, fusion_layer: int) -> dict[str, sp.Expr]:
     network = fusion_network(depth, fusion_layer)
     derived = conserved_coefficients(network)
     named = _layer_pair_basis(network)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from unibias.theory.model import STATISTICS, end_to_end_loss, end_to_end_residuals
-from unibias.theory.reduced import ReducedFlow
+from unibias.theory.reduced import ReducedFlow, check_reduced_flow
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,16 @@ class FixedPoint:
     w_b_total: sp.Expr
     state: dict
     loss: sp.Expr
+
+
+def check_fixed_point(name: str, value) -> FixedPoint:
+    """Return ``value`` after checking that it is a :class:`FixedPoint`."""
+    if not isinstance(value, FixedPoint):
+        raise TypeError(
+            f"{name} must be a FixedPoint (see fixed_points), got "
+            f"{type(value).__name__}"
+        )
+    return value
 
 
 def optimum_maps() -> tuple[sp.Expr, sp.Expr]:
@@ -83,6 +93,7 @@ def fixed_points(reduced: ReducedFlow) -> dict[str, FixedPoint]:
     Use :func:`is_fixed_point` to check which of them the flow leaves at
     rest; ``M_A`` and ``M_B`` are not fixed points for early fusion.
     """
+    check_reduced_flow("reduced", reduced)
     s = STATISTICS
     w_star = optimum_maps()
     candidates = {
@@ -106,6 +117,8 @@ def is_fixed_point(reduced: ReducedFlow, point: FixedPoint) -> bool:
     times a product of scales, so the check evaluates the residuals from the
     point's end-to-end maps, which avoids simplifying nested roots.
     """
+    check_reduced_flow("reduced", reduced)
+    check_fixed_point("point", point)
     r_a, r_b = sp.symbols("R_A R_B", real=True)
     residual_a, residual_b = end_to_end_residuals(point.w_a_total, point.w_b_total)
     values = {r_a: sp.factor(residual_a), r_b: sp.factor(residual_b)}

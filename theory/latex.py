@@ -38,7 +38,7 @@ from unibias.theory.model import (
     fusion_network,
 )
 from unibias.theory.reduced import reduced_flow
-from unibias.theory.stability import stability
+from unibias.theory.stability import check_statistics_values, stability
 from unibias.theory.timing import INIT_SCALE, closed_form_timing
 
 __all__ = ["EQUATION_KEYS", "latex_document", "latex_equations", "stability_latex"]
@@ -500,6 +500,7 @@ def stability_latex(depth: int, fusion_layer: int, statistics: dict) -> str:
     positive one is a direction that escapes the point.
     """
     depth, fusion_layer = check_architecture(depth, fusion_layer)
+    statistics = check_statistics_values(statistics)
     rows = []
     for name, report in stability(depth, fusion_layer, statistics).items():
         label = _latex(sp.Symbol(name.replace("*", r"\ast")))
@@ -566,7 +567,9 @@ def latex_document(
     Raises
     ------
     ValueError, TypeError
-        If ``depth`` or a fusion layer is invalid, or no fusion layer is given.
+        If ``depth`` or a fusion layer is invalid, no fusion layer is given,
+        or ``statistics`` is not accepted by
+        :func:`~unibias.theory.stability.check_statistics_values`.
     """
     if isinstance(fusion_layer, (str, bytes)):
         raise TypeError(
@@ -579,5 +582,7 @@ def latex_document(
     if not layers:
         raise ValueError("fusion_layer must contain at least one layer, got []")
     checked = [check_architecture(depth, layer) for layer in layers]
+    if statistics is not None:
+        statistics = check_statistics_values(statistics)
     sections = [_section(depth, layer, statistics) for depth, layer in checked]
     return _PREAMBLE + "\n" + "\n".join(sections) + "\n\\end{document}\n"

@@ -23,11 +23,50 @@ arXiv:2312.00935).
 
 from __future__ import annotations
 
+import numbers
 from functools import cache, cached_property
 
 import sympy as sp
 
-from unibias.theory._validate import check_architecture
+from unibias.theory._validate import (
+    check_architecture,
+    check_open_interval,
+    check_positive,
+)
+
+
+def as_expression(name: str, value) -> sp.Expr:
+    """Return ``value`` as a SymPy expression without parsing strings.
+
+    Numbers and SymPy objects are accepted. A string raises ``TypeError``,
+    because turning it into an expression would evaluate it as Python code.
+    """
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a number or a SymPy expression, got {value!r}")
+    try:
+        return sp.sympify(value, strict=True)
+    except sp.SympifyError:
+        raise TypeError(
+            f"{name} must be a number or a SymPy expression, got {value!r}"
+        ) from None
+
+
+def checked_symbolic_value(name: str, value, check) -> sp.Expr:
+    """Return ``value`` as an expression, applying ``check(name, float)`` to numbers.
+
+    A SymPy expression with free symbols is returned unchecked, so that
+    callers can keep parameters such as ``rho`` symbolic. ``check`` is one
+    of the range checks of :mod:`unibias.theory._validate`.
+    """
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        check(name, value)
+        return sp.sympify(value, strict=True)
+    expression = as_expression(name, value)
+    if expression.is_number:
+        if expression.is_real is False or expression.is_finite is False:
+            raise ValueError(f"{name} must be a finite real number, got {expression}")
+        check(name, float(expression))
+    return expression
 
 
 class StatisticsSymbols:
@@ -70,9 +109,13 @@ class StatisticsSymbols:
         """Return the substitution for the toy data set.
 
         ``sigma_B = 1``, ``sigma_A = sigma_ratio``, correlation ``rho`` and
-        teacher ``(1, 1)`` without noise.
+        teacher ``(1, 1)`` without noise. Numbers must satisfy
+        ``-1 < rho < 1`` and ``sigma_ratio > 0``. SymPy symbols pass unchecked.
         """
-        rho, s = sp.sympify(rho), sp.sympify(sigma_ratio)
+        rho = checked_symbolic_value(
+            "rho", rho, lambda name, value: check_open_interval(name, value, -1, 1)
+        )
+        s = checked_symbolic_value("sigma_ratio", sigma_ratio, check_positive)
         return {
             self.sigma_a: s**2,
             self.sigma_ab: rho * s,
@@ -224,6 +267,7 @@ class LinearFusionNetwork:
 
     def time_derivative(self, expression: sp.Expr) -> sp.Expr:
         """Return ``tau d(expression)/dt`` along the flow, by the chain rule."""
+        expression = as_expression("expression", expression)
         return sp.expand(
             sum(
                 sp.diff(expression, w) * rate
@@ -232,7 +276,23 @@ class LinearFusionNetwork:
         )
 
 
-@cache
 def fusion_network(depth: int, fusion_layer: int) -> LinearFusionNetwork:
     """Return the cached :class:`LinearFusionNetwork` for ``(depth, fusion_layer)``."""
+    # Checked before the cache lookup, so that an unhashable argument gets the
+    # message of check_architecture instead of the cache's "unhashable type".
+    return _cached_fusion_network(*check_architecture(depth, fusion_layer))
+
+
+@cache
+def _cached_fusion_network(depth: int, fusion_layer: int) -> LinearFusionNetwork:
     return LinearFusionNetwork(depth, fusion_layer)
+
+
+def check_network(name: str, value) -> LinearFusionNetwork:
+    """Return ``value`` after checking that it is a :class:`LinearFusionNetwork`."""
+    if not isinstance(value, LinearFusionNetwork):
+        raise TypeError(
+            f"{name} must be a LinearFusionNetwork (see fusion_network), got "
+            f"{type(value).__name__}"
+        )
+    return value

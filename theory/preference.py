@@ -41,7 +41,7 @@ from functools import cache
 import numpy as np
 import sympy as sp
 
-from unibias.theory.model import STATISTICS
+from unibias.theory.model import STATISTICS, as_expression
 
 __all__ = [
     "PREFERENCE",
@@ -169,6 +169,7 @@ def in_ratio_plane(expression):
     >>> in_ratio_plane(learned_first_boundary())
     Eq(s**2, Abs(r))
     """
+    expression = as_expression("expression", expression)
     p = PREFERENCE
     substitution = {
         p.w_a: sp.Integer(1),
@@ -204,11 +205,15 @@ def boundary_curves() -> dict[str, sp.Expr]:
 
 def _as_array(name: str, value) -> np.ndarray:
     try:
-        array = np.asarray(value, dtype=float)
-    except (TypeError, ValueError) as error:
+        array = np.asarray(value)
+    except ValueError as error:
         raise TypeError(
             f"{name} must be a real number or array, got {value!r}"
         ) from error
+    # Checked before the conversion, which would read the string "1" as 1.0.
+    if array.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be a real number or array, got {value!r}")
+    array = array.astype(float)
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{name} must contain only finite values, got {value!r}")
     return array

@@ -21,7 +21,14 @@ from functools import cache, cached_property
 
 import sympy as sp
 
-from unibias.theory.model import LinearFusionNetwork, fusion_network
+from unibias.theory._validate import check_architecture, check_positive
+from unibias.theory.model import (
+    LinearFusionNetwork,
+    as_expression,
+    check_network,
+    checked_symbolic_value,
+    fusion_network,
+)
 
 
 class ReducedFlow:
@@ -46,7 +53,7 @@ class ReducedFlow:
     """
 
     def __init__(self, network: LinearFusionNetwork):
-        self.network = network
+        self.network = check_network("network", network)
         self.a, self.b, self.v = sp.symbols("a b v", positive=True)
 
     @property
@@ -78,7 +85,7 @@ class ReducedFlow:
 
     def reduce(self, expression: sp.Expr) -> sp.Expr:
         """Return ``expression`` of the width-1 weights in terms of the scales."""
-        return sp.sympify(expression).xreplace(self.substitution)
+        return as_expression("expression", expression).xreplace(self.substitution)
 
     @cached_property
     def w_a_total(self) -> sp.Expr:
@@ -153,14 +160,31 @@ class ReducedFlow:
         return self.v**2 - self.a**2 - self.b**2
 
     def initial_state(self, init_scale) -> tuple[sp.Expr, ...]:
-        """Return the balanced small start ``a = b = u_0``, ``v = sqrt(2) u_0``."""
-        u0 = sp.sympify(init_scale)
+        """Return the balanced small start ``a = b = u_0``, ``v = sqrt(2) u_0``.
+
+        ``init_scale`` is a positive number or a SymPy expression.
+        """
+        u0 = checked_symbolic_value("init_scale", init_scale, check_positive)
         if self.has_shared_layers:
             return (u0, u0, sp.sqrt(2) * u0)
         return (u0, u0)
 
 
-@cache
 def reduced_flow(depth: int, fusion_layer: int) -> ReducedFlow:
     """Return the cached :class:`ReducedFlow` for ``(depth, fusion_layer)``."""
+    return _cached_reduced_flow(*check_architecture(depth, fusion_layer))
+
+
+@cache
+def _cached_reduced_flow(depth: int, fusion_layer: int) -> ReducedFlow:
     return ReducedFlow(fusion_network(depth, fusion_layer))
+
+
+def check_reduced_flow(name: str, value) -> ReducedFlow:
+    """Return ``value`` after checking that it is a :class:`ReducedFlow`."""
+    if not isinstance(value, ReducedFlow):
+        raise TypeError(
+            f"{name} must be a ReducedFlow (see reduced_flow), got "
+            f"{type(value).__name__}"
+        )
+    return value

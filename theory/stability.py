@@ -14,14 +14,21 @@ the reduced scale ``a``, every B-path weight ``b`` and every shared weight
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import sympy as sp
 
+from unibias.theory._validate import check_architecture, check_real
 from unibias.theory.conservation import conserved_quantities
-from unibias.theory.fixed_points import FixedPoint, fixed_points, is_fixed_point
-from unibias.theory.model import fusion_network
+from unibias.theory.fixed_points import (
+    FixedPoint,
+    check_fixed_point,
+    fixed_points,
+    is_fixed_point,
+)
+from unibias.theory.model import STATISTICS, checked_symbolic_value, fusion_network
 from unibias.theory.reduced import reduced_flow
 
 SYMBOLIC_EIGENVALUE_LIMIT = 4
@@ -81,8 +88,68 @@ class StabilityReport:
         return "degenerate"
 
 
+def check_statistics_values(statistics) -> dict[sp.Symbol, sp.Expr]:
+    """Return numbers for the statistics symbols after checking them.
+
+    ``statistics`` maps each symbol of :data:`~unibias.theory.model.STATISTICS`
+    (``Sigma_A``, ``Sigma_AB``, ``Sigma_B``, ``Sigma_yA``, ``Sigma_yB``,
+    ``E_y2``) to a finite real number, as ``STATISTICS.toy(0, 2)`` does.
+    ``Sigma_A``, ``Sigma_B`` and ``E_y2`` must be positive and
+    ``Sigma_A Sigma_B - Sigma_AB^2 > 0``, so that the input covariance is
+    positive definite and ``M_*`` exists.
+
+    Raises
+    ------
+    TypeError
+        If ``statistics`` is not a mapping or a value is not a number.
+    ValueError
+        If a symbol is missing or unknown, or a value is out of range.
+    """
+    symbols = STATISTICS.ordered
+    names = ", ".join(symbol.name for symbol in symbols)
+    if not isinstance(statistics, Mapping):
+        raise TypeError(
+            f"statistics must be a dict from the symbols {names} to numbers, got "
+            f"{statistics!r}"
+        )
+    unknown = [key for key in statistics if key not in symbols]
+    if unknown:
+        raise ValueError(
+            f"statistics has the unknown key {unknown[0]!r}, but its keys must be "
+            f"the symbols {names} of unibias.theory.model.STATISTICS"
+        )
+    missing = [symbol.name for symbol in symbols if symbol not in statistics]
+    if missing:
+        raise ValueError(
+            f"statistics needs numbers for {names}, but has none for "
+            f"{', '.join(missing)}"
+        )
+    values = {}
+    for symbol in symbols:
+        name = f"statistics[{symbol.name}]"
+        value = checked_symbolic_value(name, statistics[symbol], check_real)
+        if not value.is_number:
+            raise TypeError(f"{name} must be a number, got {value}")
+        values[symbol] = value
+    s = STATISTICS
+    for symbol in (s.sigma_a, s.sigma_b, s.y_second_moment):
+        value = float(values[symbol])
+        if value <= 0:
+            raise ValueError(f"statistics[{symbol.name}] must be positive, got {value}")
+    determinant = float(
+        values[s.sigma_a] * values[s.sigma_b] - values[s.sigma_ab] ** 2
+    )
+    if determinant <= 0:
+        raise ValueError(
+            "statistics must describe a positive definite input covariance, "
+            f"got Sigma_A Sigma_B - Sigma_AB^2 = {determinant:.6g}"
+        )
+    return values
+
+
 def width1_point(depth: int, fusion_layer: int, point: FixedPoint) -> dict:
     """Return the width-1 weights of a balanced fixed point."""
+    check_fixed_point("point", point)
     network = fusion_network(depth, fusion_layer)
     reduced = reduced_flow(depth, fusion_layer)
     values = {}
@@ -107,7 +174,8 @@ def stability(
         ``L`` and ``L_f``.
     statistics : dict, optional
         Numbers for the statistics symbols (for example
-        ``STATISTICS.toy(0, 2)``); with them the eigenvalues are also
+        ``STATISTICS.toy(0, 2)``), checked by
+        :func:`check_statistics_values`; with them the eigenvalues are also
         computed numerically and :attr:`StabilityReport.kind` is set.
     symbolic : bool
         Also ask SymPy for closed-form eigenvalues, for Jacobians of at most
@@ -120,6 +188,11 @@ def stability(
     >>> report.kind
     'saddle'
     """
+    depth, fusion_layer = check_architecture(depth, fusion_layer)
+    if statistics is not None:
+        statistics = check_statistics_values(statistics)
+    if not isinstance(symbolic, (bool, np.bool_)):
+        raise TypeError(f"symbolic must be True or False, got {symbolic!r}")
     network = fusion_network(depth, fusion_layer)
     reduced = reduced_flow(depth, fusion_layer)
     jacobian = network.flow.jacobian(network.weights)
@@ -134,8 +207,7 @@ def stability(
                 closed_form = None
         numeric = None
         if statistics is not None:
-            values = {key: sp.sympify(value) for key, value in statistics.items()}
-            matrix = np.array(at_point.subs(values).evalf(), dtype=float)
+            matrix = np.array(at_point.subs(statistics).evalf(), dtype=float)
             numeric = np.sort_complex(np.linalg.eigvals(matrix))
             if np.all(np.abs(numeric.imag) < 1e-12):
                 numeric = numeric.real

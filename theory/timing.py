@@ -34,8 +34,8 @@ from functools import cache
 
 import sympy as sp
 
-from unibias.theory._validate import check_architecture
-from unibias.theory.model import STATISTICS
+from unibias.theory._validate import MAX_DEPTH, check_architecture, check_integer
+from unibias.theory.model import STATISTICS, as_expression
 
 INIT_SCALE = sp.Symbol("u_0", positive=True)
 """Initial scale ``u_0`` of the balanced start."""
@@ -79,6 +79,8 @@ def trailing_scale(fusion_layer: int, u: sp.Expr = _U) -> sp.Expr:
 
     It solves ``du_B/du = k (u_B/u)^(L_f-1)`` with ``u_B(u_0) = u_0``.
     """
+    fusion_layer = check_integer("fusion_layer", fusion_layer, 2, MAX_DEPTH)
+    u = as_expression("u", u)
     k, _, _ = _derived_quantities()
     u0 = INIT_SCALE
     if fusion_layer == 2:
@@ -133,7 +135,6 @@ def _early_fusion_time(depth: int) -> sp.Expr:
     )
 
 
-@cache
 def closed_form_timing(depth: int, fusion_layer: int) -> ClosedFormTiming:
     """Return the small-initialisation phase times of ``(L, L_f)``.
 
@@ -154,7 +155,11 @@ def closed_form_timing(depth: int, fusion_layer: int) -> ClosedFormTiming:
     >>> sp.simplify(timing.time_ratio)
     (Sigma_A*Sigma_yA - Sigma_AB*Sigma_yA)/(Sigma_A*Sigma_yB - Sigma_AB*Sigma_yA)
     """
-    depth, fusion_layer = check_architecture(depth, fusion_layer)
+    return _cached_timing(*check_architecture(depth, fusion_layer))
+
+
+@cache
+def _cached_timing(depth: int, fusion_layer: int) -> ClosedFormTiming:
     s = STATISTICS
     if fusion_layer == 1:
         t_a = _early_fusion_time(depth)

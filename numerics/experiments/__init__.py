@@ -13,12 +13,16 @@ Each experiment writes into ``<output_dir>/<name>/``:
 * ``<name>.png`` and ``<name>.pdf``, the figure;
 * ``<name>.csv`` (and ``<name>_<table>.csv`` for further tables), the data
   behind it;
-* ``<name>.json``, the configuration, versions and base seed
-  (:func:`unibias.numerics.io.run_metadata`), the seed of every point, and
-  the data the figure is drawn from, which :func:`plot_experiment` redraws.
+* ``<name>.json``, the seed of every point and the data the figure is
+  drawn from, which :func:`plot_experiment` redraws.
 
-``<output_dir>/index.md`` lists every experiment, its description and its
-files. All files are written atomically. Every sweep goes through
+Every one of these files records the experiment's configuration, the base
+seed and the library versions (:func:`unibias.numerics.io.run_metadata`):
+under ``"metadata"`` in the JSON record, in ``# `` comment lines before the
+CSV header and in the figures' metadata. ``<output_dir>/index.md`` starts
+with the version and configuration of the run and lists every experiment,
+its description, configuration and files. All files are written
+atomically. Every sweep goes through
 :func:`unibias.numerics.sweep.run_sweep` with one cache file per point under
 ``<output_dir>/.cache/<name>/``, so an interrupted run resumes and a rerun
 computes only the missing points. Each point's seed comes from the point
@@ -29,7 +33,9 @@ itself, so the results do not depend on the executor. Times are in units of
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -53,6 +59,8 @@ from unibias.numerics.io import (
     atomic_write_csv,
     atomic_write_json,
     atomic_write_text,
+    package_version,
+    provenance_header,
     read_json,
     run_metadata,
 )
@@ -267,6 +275,10 @@ def run_experiments(
     if max_workers is not None:
         max_workers = check_integer("max_workers", max_workers, 1)
     base_seed = check_integer("base_seed", base_seed, 0)
+    if not isinstance(output_dir, (str, os.PathLike)):
+        raise TypeError(
+            f"output_dir must be a str or os.PathLike, got {type(output_dir).__name__}"
+        )
     output_dir = Path(output_dir)
     configs = {
         name: EXPERIMENTS[name].config(quick, overrides.get(name)) for name in names
@@ -288,7 +300,13 @@ def run_experiments(
             records.append(
                 _run_one(EXPERIMENTS[name], configs[name], runner, output_dir)
             )
-    write_index(output_dir)
+    run_config = {
+        "experiments": names,
+        "quick": bool(quick),
+        "overrides": overrides,
+        "base_seed": base_seed,
+    }
+    write_index(output_dir, provenance=run_metadata(run_config, seed=base_seed))
     return records
 
 
@@ -301,18 +319,27 @@ def _run_one(
     output = experiment.compute(config, runner)
     figure = experiment.plot(output.data)
 
+    # Every file records the same provenance. Its seed is the base seed, and
+    # every point's own seed is in the "point_seed" entries of the data.
+    provenance = run_metadata(
+        {"experiment": experiment.name, **config}, seed=runner.base_seed
+    )
+
     # The JSON record goes last, so that its presence marks a complete output.
     folder = output_dir / experiment.name
     files = []
     for suffix in ("png", "pdf"):
         path = folder / f"{experiment.name}.{suffix}"
-        files.append(atomic_savefig(figure, path, dpi=FIGURE_DPI))
-    files.append(
-        atomic_write_csv(folder / f"{experiment.name}.csv", _csv_rows(output.rows))
+        files.append(
+            atomic_savefig(figure, path, provenance=provenance, dpi=FIGURE_DPI)
+        )
+    tables = {experiment.name: output.rows}
+    tables.update(
+        (f"{experiment.name}_{table}", rows) for table, rows in output.tables.items()
     )
-    for table, rows in output.tables.items():
-        path = folder / f"{experiment.name}_{table}.csv"
-        files.append(atomic_write_csv(path, _csv_rows(rows)))
+    for stem, rows in tables.items():
+        path = folder / f"{stem}.csv"
+        files.append(atomic_write_csv(path, _csv_rows(rows), provenance=provenance))
 
     elapsed = time.perf_counter() - start
     json_path = folder / f"{experiment.name}.json"
@@ -320,16 +347,13 @@ def _run_one(
     record = {
         "experiment": experiment.name,
         "description": experiment.description,
-        # metadata["seed"] is the base seed. Every point's own seed is in the
-        # "point_seed" entries of the data.
-        "metadata": run_metadata(config, seed=runner.base_seed),
         "elapsed_seconds": elapsed,
         "computed_points": runner.computed_points,
         "cached_points": runner.cached_points,
         "files": [path.name for path in files],
         "data": output.data,
     }
-    atomic_write_json(json_path, record)
+    atomic_write_json(json_path, record, provenance=provenance)
 
     logger.info(
         "%s: finished in %.1f s (%d points computed, %d loaded from the cache)",
@@ -356,6 +380,10 @@ def _csv_rows(rows: list[dict]) -> list[dict]:
     return [{key: _csv_value(value) for key, value in row.items()} for row in rows]
 
 
+def _one_line(value) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=True)
+
+
 def load_experiment(output_dir, name: str) -> dict:
     """Read the JSON record that :func:`run_experiments` wrote for ``name``."""
     check_experiment_names([name])
@@ -374,15 +402,30 @@ def plot_experiment(record: dict):
     return EXPERIMENTS[name].plot(record["data"])
 
 
-def write_index(output_dir) -> Path:
+def write_index(output_dir, provenance: Mapping | None = None) -> Path:
     """Write ``<output_dir>/index.md`` listing every experiment and its files.
 
-    Experiments without a JSON record in ``output_dir`` are listed as not
-    run yet.
+    The page starts with the unibias version and, given ``provenance``, the
+    configuration and base seed of the run that wrote it. Each experiment
+    lists the configuration and base seed from its JSON record. Experiments
+    without a JSON record in ``output_dir`` are listed as not run yet.
+
+    Parameters
+    ----------
+    output_dir : str or os.PathLike
+        Output folder of :func:`run_experiments`.
+    provenance : dict, optional
+        Record from :func:`unibias.numerics.io.run_metadata` of the run.
     """
     output_dir = Path(output_dir)
+    if provenance is None:
+        header = f"- unibias {package_version('unibias')}\n"
+    else:
+        header = provenance_header(provenance, "- ")
     lines = [
         "# Reproduced figures",
+        "",
+        *header.splitlines(),
         "",
         'Figures of Zhang, Latham, Saxe, "Understanding Unimodal Bias in '
         'Multimodal Deep Linear Networks", ICML 2024, arXiv:2312.00935, '
@@ -403,9 +446,10 @@ def write_index(output_dir) -> Path:
         lines.append(
             f"{mode.capitalize()} configuration, created {metadata.get('created')} "
             f"with unibias {metadata.get('unibias_version')}, "
-            f"{record.get('elapsed_seconds', 0.0):.1f} s."
+            f"{record.get('elapsed_seconds', 0.0):.1f} s, base seed "
+            f"{metadata.get('seed')}."
         )
-        lines.append("")
+        lines += ["", f"Configuration: `{_one_line(metadata.get('config', {}))}`", ""]
         for file_name in record.get("files", []):
             lines.append(f"- [{file_name}]({name}/{file_name})")
         lines.append("")

@@ -21,7 +21,8 @@ from collections.abc import Callable
 import numpy as np
 from scipy.integrate import solve_ivp
 
-from unibias.numerics.compile import compile_system, statistics_vector
+from unibias.numerics.codegen_cache import compile_system_cached
+from unibias.numerics.compile import statistics_vector
 from unibias.numerics.data import DataStatistics
 from unibias.numerics.flow import integrate_reduced_flow
 from unibias.numerics.gd_map import iterate_gd_map
@@ -273,7 +274,7 @@ def phase_portrait_trajectory(point: dict, seed: int) -> dict:
     failed solve returns the part it integrated.
     """
     stats = _toy(point)
-    system = compile_system("width1", point["depth"], point["fusion_layer"])
+    system = compile_system_cached("width1", point["depth"], point["fusion_layer"])
     params = statistics_vector(stats)
     rng = np.random.default_rng(seed)
     count = len(system.state_names)
