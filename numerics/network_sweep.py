@@ -143,7 +143,8 @@ def train_network_sweep(
         Processes that share the runs, started with the ``"spawn"`` method,
         so a script that calls this needs an ``if __name__ == "__main__":``
         guard. With 1, the calling process trains. Each worker imports the
-        package again (one to two seconds in ``benchmarks/README.md``).
+        package again (about a second each on the machine of
+        ``benchmarks/README.md``).
 
     Returns
     -------
