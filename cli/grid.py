@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from unibias.numerics.data import MAX_SIGMA_RATIO, MIN_SIGMA_RATIO
 from unibias.numerics.io import atomic_write_csv, atomic_write_json, run_metadata
 from unibias.theory._validate import MAX_DEPTH, check_integer, check_open_interval
 
@@ -48,8 +49,9 @@ def add_grid_parser(commands) -> argparse.ArgumentParser:
 
     add = grid.add_argument
     add("--depth", type=int, default=4, help="number of layers L (default: 4)")
-    add("--fusion-layer", type=int, default=3,
-        help="layer L_f that first sees both modalities, 1 <= L_f <= L (default: 3)")
+    add("--fusion-layer", type=int, default=None,
+        help="layer L_f that first sees both modalities, 1 <= L_f <= L (default: "
+        "3, or L when L < 3)")
     add("--init", dest="init_scale", type=float, default=0.1,
         help="initial scale u_0 of each layer, in (0, 1) (default: 0.1)")
     add("--rho", default="-0.9:0.9:100", metavar="RANGE",
@@ -111,8 +113,11 @@ def _check_axes(rho_text: str, ratio_text: str) -> tuple[np.ndarray, np.ndarray]
     ratio = parse_range("--sigma-ratio", ratio_text)
     if np.any(np.abs(rho) >= 1):
         raise ValueError(f"--rho values must lie in (-1, 1), got {rho_text!r}")
-    if np.any(ratio <= 0):
-        raise ValueError(f"--sigma-ratio values must be positive, got {ratio_text!r}")
+    if np.any((ratio < MIN_SIGMA_RATIO) | (ratio > MAX_SIGMA_RATIO)):
+        raise ValueError(
+            f"--sigma-ratio values must lie in [{MIN_SIGMA_RATIO:g}, "
+            f"{MAX_SIGMA_RATIO:g}], got {ratio_text!r}"
+        )
     if rho.size * ratio.size > MAX_GRID_POINTS:
         raise ValueError(
             f"--rho and --sigma-ratio give {rho.size * ratio.size} grid points, more "
@@ -126,7 +131,8 @@ def run_grid(args) -> int:
     from unibias.numerics.grid import GRID_RELATIVE_TOLERANCE, time_toy_grid
 
     depth = check_integer("--depth", args.depth, 1, MAX_DEPTH)
-    fusion_layer = check_integer("--fusion-layer", args.fusion_layer, 1, depth)
+    fusion_layer = min(3, depth) if args.fusion_layer is None else args.fusion_layer
+    fusion_layer = check_integer("--fusion-layer", fusion_layer, 1, depth)
     init_scale = check_open_interval("--init", args.init_scale, 0.0, 1.0)
     rho, ratio = _check_axes(args.rho, args.sigma_ratio)
     rtol = GRID_RELATIVE_TOLERANCE if args.rtol is None else args.rtol
@@ -183,7 +189,8 @@ def run_grid(args) -> int:
 
     missing = grid.t_a.size - int(grid.ratio_defined.sum())
     print(
-        f"timed {grid.t_a.size} points ({rho.size} rho x {ratio.size} sigma ratio, "
+        f"timed {grid.t_a.size} point{'s' if grid.t_a.size != 1 else ''} "
+        f"({rho.size} rho x {ratio.size} sigma ratio, "
         f"L = {depth}, L_f = {fusion_layer}, u_0 = {init_scale:g}) in "
         f"{elapsed:.2f} s; {missing} without a time ratio"
     )

@@ -55,6 +55,8 @@ from unibias.theory._validate import (
 
 PROGRAM = "unibias"
 MIN_INIT_SCALE = 1e-12
+MAX_REPEATS = 1000
+"""Most finite networks per configuration; they train as one batch in memory."""
 COMMANDS = (
     "run", "timing", "derive", "grid", "preference", "generalization", "relu",
     "reproduce",
@@ -117,7 +119,7 @@ def _add_main_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--repeats", type=int, default=1,
         help="number of finite networks per fusion layer, seeded seed, seed+1, ...; "
-        "their median timing is reported (default: %(default)s)",
+        "their median timing is reported (1 to 1000, default: %(default)s)",
     )
     parser.add_argument(
         "--no-progress", action="store_true",
@@ -153,7 +155,7 @@ def _add_timing_options(parser: argparse.ArgumentParser) -> None:
         help="seed of the first finite network (default: 0)")
     add("--repeats", type=int, default=1,
         help="number of finite networks, seeded seed, seed+1, ...; their median "
-        "timing is reported (default: 1)")
+        "timing is reported (1 to 1000, default: 1)")
     add("--epochs", type=int, default=20000,
         help="maximum number of gradient-descent steps (default: 20000)")
     add("--init-scheme", choices=("norm", "entry"), default="norm",
@@ -248,7 +250,7 @@ def _parse_methods(text: str) -> list[str]:
 
 def _check_seeds(seed: int, repeats: int) -> tuple[int, ...]:
     seed = check_integer("--seed", seed, 0)
-    repeats = check_integer("--repeats", repeats, 1)
+    repeats = check_integer("--repeats", repeats, 1, MAX_REPEATS)
     return tuple(range(seed, seed + repeats))
 
 
@@ -347,6 +349,10 @@ def _write_output(path: Path, write) -> None:
         write(path)
     except OSError as error:
         raise OSError(f"cannot write {path}: {error.strerror or error}") from error
+    except RuntimeError as error:
+        # matplotlib raises RuntimeError when a backend's tool is missing,
+        # such as xelatex for .pgf figures.
+        raise OSError(f"cannot write {path}: {error}") from error
 
 
 def _run_general_timing(args, setup: TimingSetup) -> int:
@@ -364,7 +370,9 @@ def _run_general_timing(args, setup: TimingSetup) -> int:
     print(f"Leading modality: {report['leading_modality']}")
     formula = report["two_layer_formula"]
     rows = [("late-fusion formula", formula), ("matrix flow", report["matrix_flow"])]
-    print(f"{'method':<22}{'t_A (tau)':>14}{'t_B (tau)':>14}{'t_B/t_A':>10}")
+    # time_ratio is the trailing modality's time over the leading one's.
+    ratio = "t_A/t_B" if report["leading_modality"] == "B" else "t_B/t_A"
+    print(f"{'method':<22}{'t_A (tau)':>14}{'t_B (tau)':>14}{ratio:>10}")
     for label, values in rows:
         if values is None:
             print(f"{label:<22}{'n/a (not late fusion)':>38}")
@@ -382,6 +390,13 @@ def _run_general_timing(args, setup: TimingSetup) -> int:
 def _run_timing(args) -> int:
     setup = _timing_setup(args)
     if not setup.statistics.is_scalar:
+        for option, value in (("--plot", args.plot), ("--latex", args.latex)):
+            if value is not None:
+                raise ValueError(
+                    f"{option} needs scalar modalities and output, got --data-stats "
+                    f"with d_A={setup.statistics.dim_a}, d_B={setup.statistics.dim_b}, "
+                    f"d_y={setup.statistics.dim_y}"
+                )
         return _run_general_timing(args, setup)
     methods = _parse_methods(args.methods)
     if args.plot is not None:

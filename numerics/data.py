@@ -41,6 +41,10 @@ def check_sigma_ratio(name: str, value) -> float:
     return ratio
 
 
+MAX_MAGNITUDE = 1e100
+"""Largest magnitude of a statistic or sample entry. Products of a few such
+numbers, as in a deep network's loss, stay within float64."""
+
 SYMMETRY_TOLERANCE = 1e-8
 """Largest ``|Sigma - Sigma^T|`` entry, over ``max |Sigma|``, accepted as symmetric."""
 
@@ -54,6 +58,12 @@ def _as_finite_array(name: str, value, ndim: int) -> np.ndarray:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {array.shape}")
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{name} must contain only finite values")
+    largest = float(np.max(np.abs(array), initial=0.0))
+    if largest > MAX_MAGNITUDE:
+        raise ValueError(
+            f"{name} entries must have magnitude at most {MAX_MAGNITUDE:g}, got "
+            f"{largest:g}; rescale the data"
+        )
     return array
 
 

@@ -27,6 +27,13 @@ The generalisation error is measured against the population statistics,
 
 at every epoch; time is ``learning_rate * epoch`` in units of ``tau``.
 
+A run diverges at the first epoch whose training loss is not finite or exceeds
+``DIVERGENCE_FACTOR`` (``10^6``) times the larger of its initial loss and its
+loss at zero weights, as in :mod:`unibias.numerics.network`. Training of that
+run stops there, it keeps the weights of the epoch before, and its reports
+give the reason ``"training diverged at epoch E (learning rate X)"`` in place
+of its generalisation errors.
+
 NOTE: at 70 samples, late fusion has not converged after the paper's 1200
 epochs. Its mean final ``E_g`` over seeds 0-3 rises from 1.11 to 1.24 by
 epoch 4800, while early fusion moves from 0.77 to 0.79.
@@ -34,13 +41,19 @@ epoch 4800, while early fusion moves from 0.77 to 0.79.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from unibias.numerics.data import DataStatistics
-from unibias.numerics.network import NetworkConfig, NetworkWeights, init_weights
+from unibias.numerics.network import (
+    DIVERGENCE_FACTOR,
+    NetworkConfig,
+    NetworkWeights,
+    init_weights,
+)
 from unibias.theory._validate import (
     check_integer,
     check_positive,
@@ -118,6 +131,12 @@ def sample_second_moments(
     sigma : ndarray, shape (d, d)
     sigma_yx : ndarray, shape (d_y, d)
     """
+    sigma, sigma_yx, _ = _draw_training_moments(population, samples, rng)
+    return sigma, sigma_yx
+
+
+def _draw_training_moments(population, samples, rng):
+    # Second moments of one drawn training set, and E||y||^2 for its loss.
     if not isinstance(population, DataStatistics):
         raise TypeError(
             f"population must be a DataStatistics, got {type(population).__name__}"
@@ -125,7 +144,8 @@ def sample_second_moments(
     samples = check_integer("samples", samples, 1)
     x_a, x_b, y = population.sample(samples, rng)
     x = np.hstack([x_a, x_b])
-    return x.T @ x / samples, y.T @ x / samples
+    y_second_moment = float(np.sum(y * y)) / samples
+    return x.T @ x / samples, y.T @ x / samples, y_second_moment
 
 
 def train_two_layer(
@@ -134,7 +154,9 @@ def train_two_layer(
     weights: NetworkWeights,
     learning_rate: float,
     epochs: int,
-) -> tuple[np.ndarray, np.ndarray, NetworkWeights]:
+    *,
+    y_second_moment: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, NetworkWeights, list[int | None]]:
     """Run full-batch gradient descent of a two-layer network on second moments.
 
     With residual ``R = Sigma_yx - W_tot Sigma`` (blocks ``R_A``, ``R_B``),
@@ -147,6 +169,12 @@ def train_two_layer(
 
     ``Sigma`` may be singular. Every run of the batch has its own moments.
 
+    A run diverges at the first epoch whose training loss
+    ``L = 1/2 E||y||^2 - <W_tot, Sigma_yx> + 1/2 <W_tot, W_tot Sigma>`` is not
+    finite or exceeds ``DIVERGENCE_FACTOR`` times ``max(L(0), 1/2 E||y||^2)``,
+    or whose weights are not finite. That run stops, keeps the weights of the
+    epoch before, and its records from that epoch on are NaN.
+
     Parameters
     ----------
     sigma : ndarray, shape (batch, d, d)
@@ -157,14 +185,29 @@ def train_two_layer(
     learning_rate : float
         Step ``eta``; one epoch is ``eta`` in units of ``tau``.
     epochs : int
+    y_second_moment : ndarray, shape (batch,), optional
+        ``E||y||^2`` of each run's training set, which fixes the loss. When
+        missing, the smallest value the moments allow,
+        ``tr(Sigma_yx Sigma^+ Sigma_yx^T)`` (a training set that a linear map
+        fits exactly), is used. This lowers the divergence limit.
 
     Returns
     -------
     times : ndarray, shape (epochs + 1,)
         ``learning_rate * epoch``, in units of ``tau``.
     w_total : ndarray, shape (batch, epochs + 1, d_y, d)
-        ``W_tot`` after each epoch, the initial value first.
+        ``W_tot`` after each epoch, the initial value first; NaN from the
+        epoch at which a run diverged.
     final_weights : NetworkWeights
+        Weights after the last epoch; a diverged run keeps its last finite
+        weights, those of the epoch before it diverged.
+    diverged_epochs : list of int or None
+        Epoch at which each run diverged, or ``None``.
+
+    Raises
+    ------
+    ValueError
+        If an input is invalid or the initial loss is not finite.
     """
     if not isinstance(weights, NetworkWeights):
         raise TypeError(f"weights must be NetworkWeights, got {type(weights).__name__}")
@@ -182,44 +225,109 @@ def train_two_layer(
             f"sigma and sigma_yx must have a leading batch axis of {batch} runs, got "
             f"shapes {sigma.shape} and {sigma_yx.shape}"
         )
+    if y_second_moment is None:
+        y_second_moment = _smallest_y_second_moment(sigma, sigma_yx)
+    else:
+        y_second_moment = _finite_array("y_second_moment", y_second_moment)
+        if y_second_moment.shape != (batch,) or np.any(y_second_moment < 0):
+            raise ValueError(
+                f"y_second_moment must contain {batch} non-negative values, one "
+                f"per run, got {y_second_moment.tolist()}"
+            )
     state = weights.replaced([array.copy() for array in weights.arrays()])
-    early = state.fusion_layer == 1
-    records = np.empty((batch, epochs + 1, sigma_yx.shape[1], dim))
-    for epoch in range(epochs + 1):
-        w_total = state.w_total()
-        records[:, epoch] = w_total
-        if epoch == epochs:
-            break
-        residual = sigma_yx - w_total @ sigma
-        residual_a, residual_b = residual[..., :dim_a], residual[..., dim_a:]
-        if early:
-            output = state.shared[0]
-            first = np.concatenate([state.fusion_a, state.fusion_b], axis=-1)
-            step_output = residual @ np.swapaxes(first, -1, -2)
-            step_a = np.swapaxes(output, -1, -2) @ residual_a
-            step_b = np.swapaxes(output, -1, -2) @ residual_b
-            state.shared[0] += learning_rate * step_output
-            state.fusion_a += learning_rate * step_a
-            state.fusion_b += learning_rate * step_b
-        else:
-            steps = []
-            for branch, top, block in (
-                (state.branch_a[0], state.fusion_a, residual_a),
-                (state.branch_b[0], state.fusion_b, residual_b),
-            ):
-                steps.append(
-                    (
-                        block @ np.swapaxes(branch, -1, -2),
-                        np.swapaxes(top, -1, -2) @ block,
+    records = np.full((batch, epochs + 1, sigma_yx.shape[1], dim), np.nan)
+    active = np.ones(batch, dtype=bool)
+    diverged: list[int | None] = [None] * batch
+    loss_limit = None
+    previous = None
+    # Overflow and invalid values are expected once a run diverges. The check
+    # below detects them, so numpy's warnings would only repeat it.
+    with np.errstate(all="ignore"):
+        for epoch in range(epochs + 1):
+            w_total = state.w_total()
+            w_sigma = w_total @ sigma
+            loss = 0.5 * y_second_moment + np.sum(
+                w_total * (0.5 * w_sigma - sigma_yx), axis=(1, 2)
+            )
+            if epoch == 0:
+                if not np.all(np.isfinite(loss)):
+                    raise ValueError(
+                        "the initial training loss is not finite, because the "
+                        "initial weights are too large; use a smaller init_scale"
                     )
+                loss_limit = DIVERGENCE_FACTOR * np.maximum(
+                    loss, 0.5 * y_second_moment
                 )
-            (top_a, branch_a), (top_b, branch_b) = steps
-            state.fusion_a += learning_rate * top_a
-            state.fusion_b += learning_rate * top_b
-            state.branch_a[0] += learning_rate * branch_a
-            state.branch_b[0] += learning_rate * branch_b
+            else:
+                failed = active & ~_stable_runs(loss, loss_limit, state)
+                if failed.any():
+                    # Put back the weights of the previous epoch and freeze them.
+                    for current, old in zip(state.arrays(), previous, strict=True):
+                        current[failed] = old[failed]
+                    active &= ~failed
+                    for index in np.flatnonzero(failed):
+                        diverged[index] = epoch
+                    if not active.any():
+                        break
+            if active.all():
+                records[:, epoch] = w_total
+            else:
+                records[active, epoch] = w_total[active]
+            if epoch == epochs:
+                break
+            previous = [array.copy() for array in state.arrays()]
+            _step_two_layer(state, sigma_yx - w_sigma, dim_a, learning_rate)
+            if not active.all():
+                for current, old in zip(state.arrays(), previous, strict=True):
+                    current[~active] = old[~active]
     times = learning_rate * np.arange(epochs + 1, dtype=float)
-    return times, records, state
+    return times, records, state, diverged
+
+
+def _step_two_layer(state, residual, dim_a, learning_rate):
+    # One gradient step of every run in place; see train_two_layer.
+    residual_a, residual_b = residual[..., :dim_a], residual[..., dim_a:]
+    if state.fusion_layer == 1:
+        output = state.shared[0]
+        first = np.concatenate([state.fusion_a, state.fusion_b], axis=-1)
+        step_output = residual @ np.swapaxes(first, -1, -2)
+        step_a = np.swapaxes(output, -1, -2) @ residual_a
+        step_b = np.swapaxes(output, -1, -2) @ residual_b
+        state.shared[0] += learning_rate * step_output
+        state.fusion_a += learning_rate * step_a
+        state.fusion_b += learning_rate * step_b
+        return
+    steps = []
+    for branch, top, block in (
+        (state.branch_a[0], state.fusion_a, residual_a),
+        (state.branch_b[0], state.fusion_b, residual_b),
+    ):
+        steps.append(
+            (
+                block @ np.swapaxes(branch, -1, -2),
+                np.swapaxes(top, -1, -2) @ block,
+            )
+        )
+    (top_a, branch_a), (top_b, branch_b) = steps
+    state.fusion_a += learning_rate * top_a
+    state.fusion_b += learning_rate * top_b
+    state.branch_a[0] += learning_rate * branch_a
+    state.branch_b[0] += learning_rate * branch_b
+
+
+def _stable_runs(loss, loss_limit, state) -> np.ndarray:
+    # Runs whose loss is finite and within its limit and whose weights are finite.
+    stable = np.isfinite(loss) & (loss <= loss_limit)
+    for array in state.arrays():
+        stable &= np.all(np.isfinite(array), axis=(1, 2))
+    return stable
+
+
+def _smallest_y_second_moment(sigma, sigma_yx) -> np.ndarray:
+    # The training loss is non-negative at every W_tot, so E||y||^2 is at least
+    # tr(Sigma_yx Sigma^+ Sigma_yx^T), the fit of the least-squares map.
+    fitted = sigma_yx @ np.linalg.pinv(sigma, hermitian=True)
+    return np.sum(fitted * sigma_yx, axis=(1, 2))
 
 
 def _finite_array(name: str, value) -> np.ndarray:
@@ -435,12 +543,15 @@ def run_generalization(
     for seed in seeds:
         data_seed, early_seed, late_seed = np.random.SeedSequence(seed).spawn(3)
         moments.append(
-            sample_second_moments(population, samples, np.random.default_rng(data_seed))
+            _draw_training_moments(
+                population, samples, np.random.default_rng(data_seed)
+            )
         )
         generators["early"].append(np.random.default_rng(early_seed))
         generators["late"].append(np.random.default_rng(late_seed))
     sigma = np.stack([m[0] for m in moments])
     sigma_yx = np.stack([m[1] for m in moments])
+    y_second_moment = np.array([m[2] for m in moments])
 
     results = {}
     for name, fusion_layer in FUSION_LAYERS.items():
@@ -455,16 +566,23 @@ def run_generalization(
             init_scheme="entry",
         )
         weights = init_weights(config, dims, generators[name])
-        times, w_total, _ = train_two_layer(
-            sigma, sigma_yx, weights, config.learning_rate, config.epochs
+        times, w_total, final_weights, diverged = train_two_layer(
+            sigma,
+            sigma_yx,
+            weights,
+            config.learning_rate,
+            config.epochs,
+            y_second_moment=y_second_moment,
         )
         results[name] = FusionResult(
             fusion_layer=fusion_layer,
             times=times,
             generalization_error=population.generalization_error(w_total),
-            final_w_total=w_total[:, -1],
+            final_w_total=final_weights.w_total(),
             teacher=population.teacher,
             dim_a=population.dim_a,
+            diverged_epochs=diverged,
+            learning_rate=config.learning_rate,
         )
 
     unimodal = np.concatenate(

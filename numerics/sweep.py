@@ -80,6 +80,7 @@ __all__ = [
     "canonical_json",
     "cache_version",
     "grid",
+    "is_cached",
     "point_key",
     "point_seed",
     "run_sweep",
@@ -273,6 +274,21 @@ class _PendingPoint:
     key: str
     point: dict
     seed: int
+
+
+def is_cached(cache_dir, point: dict, task_name: str, base_seed: int = 0) -> bool:
+    """Return whether :func:`run_sweep` would load ``point`` from ``cache_dir``.
+
+    A missing, unreadable or foreign cache file counts as not cached, as in
+    :func:`run_sweep`, which recomputes such points. No warning is issued.
+    """
+    key = point_key(point, task_name, base_seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cached = _load_cached(
+            Path(cache_dir) / f"{key}.json", key, point_seed(point, base_seed)
+        )
+    return cached is not None
 
 
 def _load_cached(path: Path, key: str, seed: int) -> dict | None:

@@ -276,3 +276,27 @@ def test_negative_infinity_is_a_value_out_of_range(capsys):
     assert error == (
         "unibias: error: --rho must be finite and lie in (-1, 1), got -inf\n"
     )
+
+
+def test_repeats_above_limit_rejected(capsys):
+    assert main(["timing", "--repeats", "1001"]) == 2
+    error = capsys.readouterr().err
+    assert error == (
+        "unibias: error: --repeats must be at least 1 and at most 1000, got 1001\n"
+    )
+
+
+def test_figure_backend_failure_is_one_line(tmp_path, capsys, monkeypatch):
+    # matplotlib raises RuntimeError when a backend's tool is missing, for
+    # example xelatex for .pgf figures.
+    import unibias.numerics.io
+
+    def missing_tool(figure, path, **options):
+        raise RuntimeError("'xelatex' not found")
+
+    monkeypatch.setattr(unibias.numerics.io, "atomic_savefig", missing_tool)
+    output = tmp_path / "q.pgf"
+    status = main(["timing", "--methods", "reduced_ode", "--plot", str(output)])
+    error = capsys.readouterr().err
+    assert status == 1
+    assert error == f"unibias: error: cannot write {output}: 'xelatex' not found\n"

@@ -60,3 +60,38 @@ def test_bad_file_exits_with_one_line(tmp_path, capsys, record, message):
     assert status == 2
     assert error.count("\n") == 1
     assert message in error
+
+
+def _vector_file(tmp_path, leading_variance):
+    # Decoupled modalities of two dimensions each; the modality with the
+    # larger variance leads.
+    variances = [1.0, 1.0, leading_variance, leading_variance]
+    path = write_json(tmp_path / "vector_b.json", {
+        "sigma": np.diag(variances).tolist(), "sigma_yx": [variances], "dim_a": 2,
+    })
+    return path
+
+
+def test_vector_table_names_ratio_of_trailing_over_leading(tmp_path, capsys):
+    path = _vector_file(tmp_path, 4.0)
+    status = main(["timing", "--data-stats", str(path), "--depth", "2",
+                   "--fusion-layer", "2", "--init", "0.001"])
+    text = capsys.readouterr().out
+    assert status == 0
+    assert "Leading modality: B" in text
+    assert "t_A/t_B" in text
+    assert "t_B/t_A" not in text
+
+
+@pytest.mark.parametrize("option, name", [("--plot", "v.png"), ("--latex", "v.tex")])
+def test_vector_file_rejects_scalar_outputs(tmp_path, capsys, option, name):
+    path = _vector_file(tmp_path, 4.0)
+    output = tmp_path / name
+    status = main(["timing", "--data-stats", str(path), option, str(output)])
+    error = capsys.readouterr().err
+    assert status == 2
+    assert error == (
+        f"unibias: error: {option} needs scalar modalities and output, got "
+        "--data-stats with d_A=2, d_B=2, d_y=1\n"
+    )
+    assert not output.exists()

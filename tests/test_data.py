@@ -357,3 +357,16 @@ def test_generalization_error_needs_teacher():
     stats = DataStatistics.from_matrices(good_sigma(), [[1.0, 1.0]], 1)
     with pytest.raises(ValueError, match=r"generalization_error needs a teacher"):
         stats.generalization_error(np.zeros((1, 2)))
+
+
+@pytest.mark.parametrize(
+    "sigma, sigma_yx, name",
+    [
+        ([[1e300, 0.0], [0.0, 1.0]], [[1.0, 1.0]], "sigma"),
+        ([[1.0, 0.0], [0.0, 1.0]], [[1e101, 1.0]], "sigma_yx"),
+    ],
+)
+def test_statistics_beyond_float_range_of_products_rejected(sigma, sigma_yx, name):
+    message = rf"^{name} entries must have magnitude at most 1e\+100, got 1e\+"
+    with pytest.raises(ValueError, match=message):
+        DataStatistics.from_matrices(sigma, sigma_yx, 1)

@@ -309,7 +309,8 @@ def test_grid_command_leaves_missing_cells_empty(tmp_path):
         ("--rho", "0:0.5:0", "--rho must have a COUNT from 1 to"),
         ("--rho", "-1:0.9:5", r"--rho values must lie in (-1, 1)"),
         ("--rho", "nan", "--rho must have finite START and STOP"),
-        ("--sigma-ratio", "0:3:4", "--sigma-ratio values must be positive"),
+        ("--sigma-ratio", "0:3:4", "--sigma-ratio values must lie in [1e-06, 1e+06]"),
+        ("--sigma-ratio", "1:1e7:3", "--sigma-ratio values must lie in [1e-06, 1e+06]"),
         ("--sigma-ratio", "1:3:1", "--sigma-ratio with COUNT 1 must have START"),
         ("--init", "1.5", "--init must lie in (0, 1)"),
         ("--fusion-layer", "5", "--fusion-layer must be at least 1 and at most 4"),
@@ -326,3 +327,11 @@ def test_grid_command_rejects_bad_range(tmp_path, capsys, option, value, message
     assert not output.exists()
 
 
+
+
+def test_grid_command_defaults_fusion_layer_to_depth_below_3(tmp_path, capsys):
+    output = tmp_path / "shallow.csv"
+    status = main(["grid", "--depth", "2", "--rho", "0", "--sigma-ratio", "2",
+                   "--output", str(output)])
+    assert status == 0
+    assert "L = 2, L_f = 2" in capsys.readouterr().out

@@ -27,6 +27,7 @@ from unibias.numerics import sweep
 from unibias.numerics.sweep import (
     canonical_json,
     grid,
+    is_cached,
     point_key,
     point_seed,
     run_sweep,
@@ -623,3 +624,18 @@ def test_sigterm_handler_restored(tmp_path):
     (result,) = run_sweep(sigterm_handler_task, [{"index": 0}], tmp_path / "cache")
     assert result["handler"] == "handle_sigterm"
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_is_cached_rejects_corrupt_and_foreign_files(tmp_path, points):
+    cache = tmp_path / "cache"
+    run_sweep(square_task, points, cache)
+    name = f"{__name__}.square_task"
+    first, second, third, fourth = points
+    assert is_cached(cache, first, name)
+    (cache / f"{point_key(first, name)}.json").write_text("{")
+    (cache / f"{point_key(second, name)}.json").write_text('{"a": 1}')
+    (cache / f"{point_key(third, name)}.json").unlink()
+    for point in (first, second, third):
+        assert not is_cached(cache, point, name)
+    assert is_cached(cache, fourth, name)
+    assert not is_cached(cache, fourth, name, base_seed=1)

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from unibias.numerics.experiments import tasks
-from unibias.numerics.sweep import point_key, point_seed, run_sweep
+from unibias.numerics.sweep import is_cached, point_key, point_seed, run_sweep
 from unibias.theory._validate import check_integer
 
 __all__ = [
@@ -198,8 +198,13 @@ class SweepRunner:
         the other workers idle at the end.
         """
         points = list(points)
-        keys = {point_key(point, TASK_NAME, self.base_seed) for point in points}
-        cached = sum((self.cache_dir / f"{key}.json").exists() for key in keys)
+        unique = {
+            point_key(point, TASK_NAME, self.base_seed): point for point in points
+        }
+        cached = sum(
+            is_cached(self.cache_dir, point, TASK_NAME, self.base_seed)
+            for point in unique.values()
+        )
         executor = self.executor
         if isinstance(executor, str) and executor == "dask":
             scheduler = self.scheduler
@@ -217,7 +222,7 @@ class SweepRunner:
             task_name=TASK_NAME,
         )
         self.cached_points += cached
-        self.computed_points += len(keys) - cached
+        self.computed_points += len(unique) - cached
         return results
 
 
