@@ -321,19 +321,8 @@ def _run_generalization(args) -> int:
         samples, seeds, width=width, learning_rate=learning_rate, epochs=epochs,
         init_scale=init_scale,
     )
+    # A diverged run is a result: its reason is in the record and the table.
     record = report.to_dict()
-    for name in ("early", "late"):
-        errors = (
-            record[name]["min_generalization_error"],
-            record[name]["final_generalization_error"],
-        )
-        if not all(math.isfinite(value) for value in errors):
-            # NOTE: divergence is detected only after training, so the report
-            # contains no partial numbers for the diverged fusion type.
-            raise ArithmeticError(
-                f"{name} fusion diverged at learning rate {learning_rate:g}, so "
-                "there is no generalisation error to report; lower --lr"
-            )
     if args.format == "json":
         record["unibias_version"] = package_version("unibias")
         print(_json_text(record))
@@ -354,6 +343,12 @@ def _run_generalization(args) -> int:
     return EXIT_OK
 
 
+def _table_number(value: float | None, spec: str, width: int = 0) -> str:
+    # "-" stands for a mean without runs, because every run diverged.
+    text = "-" if value is None else format(value, spec)
+    return text.ljust(width)
+
+
 def _generalization_table(record: dict) -> str:
     seeds = record["seeds"]
     lines = [
@@ -364,15 +359,19 @@ def _generalization_table(record: dict) -> str:
     ]
     for name in ("early", "late"):
         r = record[name]
+        w_a = r["w_a_final"] or {"norm": None, "teacher_projection": None}
+        w_b = r["w_b_final"] or {"norm": None, "teacher_projection": None}
         lines.append(
-            f"  {name:<7} {r['min_generalization_error']:<8.4f} "
-            f"({r['min_generalization_error_time']:<7.3g}) "
-            f"{r['final_generalization_error']:<10.4f} "
-            f"{r['w_a_final']['norm']:<8.4f} "
-            f"{r['w_a_final']['teacher_projection']:<9.4f} "
-            f"{r['w_b_final']['norm']:<8.4f} "
-            f"{r['w_b_final']['teacher_projection']:.4f}"
+            f"  {name:<7} {_table_number(r['min_generalization_error'], '.4f', 8)} "
+            f"({_table_number(r['min_generalization_error_time'], '.3g', 7)}) "
+            f"{_table_number(r['final_generalization_error'], '.4f', 10)} "
+            f"{_table_number(w_a['norm'], '.4f', 8)} "
+            f"{_table_number(w_a['teacher_projection'], '.4f', 9)} "
+            f"{_table_number(w_b['norm'], '.4f', 8)} "
+            f"{_table_number(w_b['teacher_projection'], '.4f')}"
         )
+        if r["reason"]:
+            lines.append(f"    ({r['reason']}; means leave out diverged runs)")
     lines += [
         "  W_m.w*_m is <W_m, w*_m> / ||w*_m||^2 (1 at the teacher); t in units of "
         "tau.",

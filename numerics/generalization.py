@@ -366,6 +366,10 @@ def teacher_block_summary(block: np.ndarray, teacher_block: np.ndarray) -> dict:
 class FusionResult:
     """Generalisation error of one architecture over the seeds.
 
+    A diverged run (see :func:`train_two_layer`) reports NaN for each
+    per-run quantity and ``None`` in :meth:`summary`, and the means cover
+    the other runs.
+
     Attributes
     ----------
     fusion_layer : int
@@ -373,11 +377,18 @@ class FusionResult:
     times : ndarray, shape (epochs + 1,)
         In units of ``tau``.
     generalization_error : ndarray, shape (seeds, epochs + 1)
-        ``E_g(t)`` of each run against the population statistics.
+        ``E_g(t)`` of each run against the population statistics; NaN from
+        the epoch at which a run diverged.
     final_w_total : ndarray, shape (seeds, d_y, d)
-        ``W_tot`` at the end of training.
+        ``W_tot`` at the end of training. A diverged run keeps its last
+        finite value, from the epoch before it diverged.
     teacher : ndarray, shape (d_y, d)
     dim_a : int
+    diverged_epochs : list of int or None
+        Epoch at which each run diverged, or ``None``; empty means no run
+        diverged.
+    learning_rate : float or None
+        Learning rate of training, quoted in the divergence reasons.
     """
 
     fusion_layer: int
@@ -386,67 +397,129 @@ class FusionResult:
     final_w_total: np.ndarray
     teacher: np.ndarray
     dim_a: int
+    diverged_epochs: list[int | None] = field(default_factory=list)
+    learning_rate: float | None = None
+
+    @property
+    def converged(self) -> np.ndarray:
+        """Whether each run trained without diverging, shape (seeds,)."""
+        runs = len(self.generalization_error)
+        epochs = self.diverged_epochs or [None] * runs
+        return np.array([epoch is None for epoch in epochs], dtype=bool)
+
+    @property
+    def divergence_reasons(self) -> list[str | None]:
+        """``"training diverged at epoch E (learning rate X)"`` of each run, or None."""
+        runs = len(self.generalization_error)
+        return [
+            None if epoch is None else _divergence_reason(epoch, self.learning_rate)
+            for epoch in (self.diverged_epochs or [None] * runs)
+        ]
 
     @property
     def min_generalization_error(self) -> np.ndarray:
         """Lowest ``E_g`` of each run over training (early stopping), shape (seeds,)."""
-        return self.generalization_error.min(axis=1)
+        lowest = self.generalization_error[self.converged].min(axis=1)
+        return self._per_run(lowest)
 
     @property
     def min_generalization_error_time(self) -> np.ndarray:
         """Time of the lowest ``E_g`` of each run, in units of ``tau``."""
-        return self.times[self.generalization_error.argmin(axis=1)]
+        errors = self.generalization_error[self.converged]
+        return self._per_run(self.times[errors.argmin(axis=1)])
 
     @property
     def final_generalization_error(self) -> np.ndarray:
         """``E_g`` of each run after the last epoch, shape (seeds,)."""
-        return self.generalization_error[:, -1]
+        return self._per_run(self.generalization_error[self.converged, -1])
 
-    def block_summaries(self, modality: str) -> list[dict]:
-        """Return :func:`teacher_block_summary` of each run's final block."""
+    def _per_run(self, converged_values: np.ndarray) -> np.ndarray:
+        # Spread the values of the converged runs over all runs, NaN elsewhere.
+        values = np.full(len(self.generalization_error), np.nan)
+        values[self.converged] = converged_values
+        return values
+
+    def block_summaries(self, modality: str) -> list[dict | None]:
+        """Return :func:`teacher_block_summary` of each run's final block.
+
+        A diverged run gives ``None``.
+        """
         if modality not in ("A", "B"):
             raise ValueError(f"modality must be 'A' or 'B', got {modality!r}")
         columns = slice(0, self.dim_a) if modality == "A" else slice(self.dim_a, None)
         return [
             teacher_block_summary(w[:, columns], self.teacher[:, columns])
-            for w in self.final_w_total
+            if converged
+            else None
+            for w, converged in zip(self.final_w_total, self.converged, strict=True)
         ]
 
     def summary(self) -> dict:
-        """Return the means over the seeds and the values of each seed.
+        """Return the means over the converged seeds and the values of each seed.
 
         Keys: ``fusion_layer``, ``min_generalization_error``,
         ``min_generalization_error_time``, ``final_generalization_error``,
         ``w_a_final`` and ``w_b_final`` (each a dict of ``norm`` and
-        ``teacher_projection``, see :func:`teacher_block_summary`), and
-        ``per_seed`` with the same quantities as lists.
+        ``teacher_projection``, see :func:`teacher_block_summary`),
+        ``diverged_epochs``, ``reason`` and ``per_seed`` with the same
+        quantities as lists. A mean is ``None`` when every run diverged, and
+        a diverged seed's values are ``None``. ``reason`` is ``None`` when no
+        run diverged, the run's divergence reason for one run, and otherwise
+        ``"K of N runs diverged, the first: <reason>"``.
         """
         blocks = {name: self.block_summaries(name) for name in ("A", "B")}
 
+        def mean(values):
+            values = values[~np.isnan(values)]
+            return float(np.mean(values)) if values.size else None
+
         def mean_block(entries):
+            entries = [entry for entry in entries if entry is not None]
+            if not entries:
+                return None
             return {
                 key: float(np.mean([entry[key] for entry in entries]))
                 for key in entries[0]
             }
 
+        def per_seed(values):
+            return [None if math.isnan(value) else value for value in values.tolist()]
+
         return {
             "fusion_layer": self.fusion_layer,
-            "min_generalization_error": float(np.mean(self.min_generalization_error)),
-            "min_generalization_error_time": float(
-                np.mean(self.min_generalization_error_time)
-            ),
-            "final_generalization_error": float(
-                np.mean(self.final_generalization_error)
-            ),
+            "min_generalization_error": mean(self.min_generalization_error),
+            "min_generalization_error_time": mean(self.min_generalization_error_time),
+            "final_generalization_error": mean(self.final_generalization_error),
             "w_a_final": mean_block(blocks["A"]),
             "w_b_final": mean_block(blocks["B"]),
+            "diverged_epochs": list(
+                self.diverged_epochs or [None] * len(self.generalization_error)
+            ),
+            "reason": self._summary_reason(),
             "per_seed": {
-                "min_generalization_error": self.min_generalization_error.tolist(),
-                "final_generalization_error": self.final_generalization_error.tolist(),
+                "min_generalization_error": per_seed(self.min_generalization_error),
+                "final_generalization_error": per_seed(
+                    self.final_generalization_error
+                ),
                 "w_a_final": blocks["A"],
                 "w_b_final": blocks["B"],
+                "reason": self.divergence_reasons,
             },
         }
+
+    def _summary_reason(self) -> str | None:
+        reasons = [reason for reason in self.divergence_reasons if reason is not None]
+        if not reasons:
+            return None
+        runs = len(self.generalization_error)
+        if runs == 1:
+            return reasons[0]
+        return f"{len(reasons)} of {runs} runs diverged, the first: {reasons[0]}"
+
+
+def _divergence_reason(epoch: int, learning_rate: float | None) -> str:
+    rate = "unknown" if learning_rate is None else f"{learning_rate:g}"
+    return f"training diverged at epoch {epoch} (learning rate {rate})"
 
 
 @dataclass
@@ -614,8 +687,9 @@ def plot_generalization(report: GeneralizationReport, ax=None):
     """Draw ``E_g(t)`` of early and late fusion, one line per seed.
 
     Dotted horizontal lines mark the unimodal solution's ``E_g`` and the
-    noise floor. Builds a new :class:`matplotlib.figure.Figure` when ``ax``
-    is missing.
+    noise floor. The curve of a diverged run ends at the last epoch before
+    the divergence, marked with a cross and a legend entry. Builds a new
+    :class:`matplotlib.figure.Figure` when ``ax`` is missing.
 
     Returns
     -------
@@ -635,15 +709,39 @@ def plot_generalization(report: GeneralizationReport, ax=None):
     for name in ("early", "late"):
         result = getattr(report, name)
         color, label = styles[name]
-        for index, curve in enumerate(result.generalization_error):
+        alpha = 1.0 if len(result.generalization_error) == 1 else 0.6
+        labelled = diverged_labelled = False
+        for curve, epoch in zip(
+            result.generalization_error,
+            result.diverged_epochs or [None] * len(result.generalization_error),
+            strict=True,
+        ):
+            if epoch is None:
+                ax.plot(
+                    result.times,
+                    curve,
+                    color=color,
+                    linewidth=1.2,
+                    alpha=alpha,
+                    label=None if labelled else label,
+                )
+                labelled = True
+                continue
+            # The records from the divergence epoch on are NaN and left out.
             ax.plot(
-                result.times,
-                curve,
+                result.times[:epoch],
+                curve[:epoch],
                 color=color,
                 linewidth=1.2,
-                alpha=1.0 if len(result.generalization_error) == 1 else 0.6,
-                label=label if index == 0 else None,
+                linestyle="--",
+                marker="x",
+                markevery=[epoch - 1],
+                alpha=alpha,
+                label=None
+                if diverged_labelled
+                else f"{label}, diverged (ends at the last finite epoch)",
             )
+            diverged_labelled = True
     ax.axhline(
         report.unimodal_generalization_error,
         color="gray",

@@ -53,7 +53,8 @@ BAD_COMMAND_LINES = [
     # run, also without the command name
     (["run", "--seed", "nan"], r"argument --seed: invalid int value: 'nan'",
      "--seed"),
-    (["--repeats", "-2"], r"--repeats must be at least 1, got -2", "--repeats"),
+    (["--repeats", "-2"], r"--repeats must be at least 1 and at most 1000, got -2",
+     "--repeats"),
     # timing
     (["timing", "--depth", "0"], rf"--depth must be at least 1 and at most "
      rf"{MAX_DEPTH}, got 0", "--depth"),

@@ -19,6 +19,7 @@ Times are in units of ``tau`` (learning rate times epochs).
 
 from __future__ import annotations
 
+import numpy as np
 from matplotlib.figure import Figure
 
 from unibias.numerics.experiments._common import (
@@ -230,7 +231,7 @@ def plot_generalization_curves(data: dict) -> Figure:
             for index, curve in enumerate(curves):
                 ax.plot(
                     panel[name]["times"],
-                    curve,
+                    np.asarray(curve, dtype=float),
                     color=color,
                     linewidth=1.1,
                     alpha=0.7,

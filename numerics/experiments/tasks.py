@@ -532,9 +532,12 @@ def generalization_curves(point: dict, seed: int) -> dict:
     for name in ("early", "late"):
         result = getattr(report, name)
         record[name]["times"] = _thin(result.times, point["curve_points"])
-        record[name]["generalization_error"] = _thin(
-            result.generalization_error, point["curve_points"]
-        )
+        curves = _thin(result.generalization_error, point["curve_points"])
+        # A diverged run's curve is NaN from its divergence on; JSON has null.
+        record[name]["generalization_error"] = [
+            [float(value) if np.isfinite(value) else None for value in curve]
+            for curve in np.atleast_2d(curves)
+        ]
     return record
 
 
