@@ -56,7 +56,8 @@ from unibias.theory._validate import (
 PROGRAM = "unibias"
 MIN_INIT_SCALE = 1e-12
 MAX_REPEATS = 1000
-"""Most finite networks per configuration; they train as one batch in memory."""
+"""Largest ``--repeats``: the networks of one configuration train as one batch
+in memory."""
 COMMANDS = (
     "run", "timing", "derive", "grid", "preference", "generalization", "relu",
     "reproduce",
@@ -87,8 +88,8 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # NOTE: _negative_number_matcher is a private argparse attribute (a
-        # regular expression, in Python 3.8 to 3.13). Without it, "--rho=-1e-3"
-        # still works.
+        # regular expression in Python 3.11). If a later version drops it,
+        # "--rho=-1e-3" still works.
         self._negative_number_matcher = NEGATIVE_VALUE
 
     def error(self, message):
