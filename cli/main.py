@@ -350,10 +350,6 @@ def _write_output(path: Path, write) -> None:
         write(path)
     except OSError as error:
         raise OSError(f"cannot write {path}: {error.strerror or error}") from error
-    except RuntimeError as error:
-        # matplotlib raises RuntimeError when a backend's tool is missing,
-        # such as xelatex for .pgf figures.
-        raise OSError(f"cannot write {path}: {error}") from error
 
 
 def _run_general_timing(args, setup: TimingSetup) -> int:

@@ -77,10 +77,6 @@ def _save_figure(figure, path: Path, config: dict, seed: int | None) -> None:
         atomic_savefig(figure, path, provenance=provenance, dpi=150)
     except OSError as error:
         raise OSError(f"cannot write {path}: {error.strerror or error}") from error
-    except RuntimeError as error:
-        # matplotlib raises RuntimeError when a backend's tool is missing,
-        # such as xelatex for .pgf figures.
-        raise OSError(f"cannot write {path}: {error}") from error
 
 
 def _use_file_backend() -> None:

@@ -49,9 +49,10 @@ import numpy as np
 
 from unibias.numerics.data import DataStatistics
 from unibias.numerics.network import (
-    DIVERGENCE_FACTOR,
     NetworkConfig,
     NetworkWeights,
+    divergence_limit,
+    divergence_reason,
     init_weights,
 )
 from unibias.theory._validate import (
@@ -255,9 +256,7 @@ def train_two_layer(
                         "the initial training loss is not finite, because the "
                         "initial weights are too large; use a smaller init_scale"
                     )
-                loss_limit = DIVERGENCE_FACTOR * np.maximum(
-                    loss, 0.5 * y_second_moment
-                )
+                loss_limit = divergence_limit(loss, 0.5 * y_second_moment)
             else:
                 failed = active & ~_stable_runs(loss, loss_limit, state)
                 if failed.any():
@@ -518,8 +517,9 @@ class FusionResult:
 
 
 def _divergence_reason(epoch: int, learning_rate: float | None) -> str:
-    rate = "unknown" if learning_rate is None else f"{learning_rate:g}"
-    return f"training diverged at epoch {epoch} (learning rate {rate})"
+    if learning_rate is None:
+        return f"training diverged at epoch {epoch} (learning rate unknown)"
+    return divergence_reason(epoch, learning_rate)
 
 
 @dataclass

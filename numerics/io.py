@@ -430,6 +430,10 @@ def atomic_savefig(fig, path, *, provenance: Mapping | None = None, **kwargs) ->
     ValueError
         If the suffix is missing or names a format the figure's canvas cannot
         write, or if ``format`` is passed as a keyword argument.
+    OSError
+        If the file cannot be written, also when matplotlib lacks an external
+        tool for the format (xelatex for ``.pgf``). The destination is left as
+        it was.
     """
     if "format" in kwargs:
         raise ValueError(
@@ -471,7 +475,14 @@ def atomic_savefig(fig, path, *, provenance: Mapping | None = None, **kwargs) ->
         if file_format in ("svg", "svgz") and salt is None:
             settings["svg.hashsalt"] = SVG_HASH_SALT
         with matplotlib.rc_context(settings):
-            fig.savefig(handle, format=file_format, **kwargs)
+            try:
+                fig.savefig(handle, format=file_format, **kwargs)
+            except RuntimeError as error:
+                # matplotlib raises RuntimeError when a backend's external
+                # tool is missing, such as xelatex for .pgf figures.
+                raise OSError(
+                    f"matplotlib failed to write a .{file_format} figure: {error}"
+                ) from error
 
     return _atomic_write(path, write)
 

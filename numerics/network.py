@@ -54,6 +54,20 @@ DIVERGENCE_FACTOR = 1e6
 """A run counts as diverged once its loss exceeds this factor times its
 reference loss, the larger of the initial loss and the loss at zero weights."""
 
+def divergence_limit(initial_loss, zero_weight_loss):
+    """Return the loss above which a run counts as diverged.
+
+    The limit is ``DIVERGENCE_FACTOR * max(initial_loss, zero_weight_loss)``,
+    elementwise for arrays of runs.
+    """
+    return DIVERGENCE_FACTOR * np.maximum(initial_loss, zero_weight_loss)
+
+
+def divergence_reason(epoch: int, learning_rate: float) -> str:
+    """Return the not-reached reason of a run that diverged at ``epoch``."""
+    return f"training diverged at epoch {epoch} (learning rate {learning_rate:g})"
+
+
 PROGRESS_INTERVAL = 100
 """Number of epochs between two calls of the ``progress`` callback."""
 
@@ -575,26 +589,35 @@ class NetworkRun:
         return PhaseTiming(t_a, t_b, ratio, leading, reason)
 
 
-def _statistics_per_run(statistics, count: int, item_name: str) -> list[DataStatistics]:
-    if isinstance(statistics, DataStatistics):
-        return [statistics] * count
-    if isinstance(statistics, (str, bytes)) or not isinstance(statistics, Sequence):
+def _per_run(name: str, value, kind: type, count: int, item_name: str = "seed") -> list:
+    """Return ``value`` as a list of ``count`` items of type ``kind``.
+
+    A single ``kind`` is repeated; a sequence must hold one ``kind`` per
+    ``item_name``. Errors name ``name`` and the offending item.
+    """
+    if isinstance(value, kind):
+        return [value] * count
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise TypeError(
-            "statistics must be a DataStatistics or a sequence of them, got "
-            f"{type(statistics).__name__}"
+            f"{name} must be a {kind.__name__} or a sequence of them, got "
+            f"{type(value).__name__}"
         )
-    statistics = list(statistics)
-    if len(statistics) != count:
+    values = list(value)
+    if len(values) != count:
         raise ValueError(
-            f"statistics must hold one DataStatistics per {item_name} ({count}), got "
-            f"{len(statistics)}"
+            f"{name} must hold one {kind.__name__} per {item_name} ({count}), got "
+            f"{len(values)}"
         )
-    for index, stats in enumerate(statistics):
-        if not isinstance(stats, DataStatistics):
+    for index, item in enumerate(values):
+        if not isinstance(item, kind):
             raise TypeError(
-                f"statistics[{index}] must be a DataStatistics, got "
-                f"{type(stats).__name__}"
+                f"{name}[{index}] must be a {kind.__name__}, got {type(item).__name__}"
             )
+    return values
+
+
+def _statistics_per_run(statistics, count: int, item_name: str) -> list[DataStatistics]:
+    statistics = _per_run("statistics", statistics, DataStatistics, count, item_name)
     dims = {(s.dim_a, s.dim_b, s.dim_y) for s in statistics}
     if len(dims) > 1:
         raise ValueError(
@@ -742,10 +765,7 @@ def train_networks(
                 times, w_a[index], w_b[index], stats, config.fusion_layer
             )
         else:
-            reason = (
-                f"training diverged at epoch {diverged[index]} (learning rate "
-                f"{config.learning_rate:g})"
-            )
+            reason = divergence_reason(diverged[index], config.learning_rate)
             leading = phase_targets(stats, config.fusion_layer).leading_modality
             timing = PhaseTiming(None, None, None, leading, reason)
         timings.append(timing)
@@ -792,7 +812,7 @@ def _run_descent(weights, training, config, record_every, continue_factor, progr
         return forward, residual, loss
 
     forward, residual, loss = evaluate(weights)
-    loss_limit = DIVERGENCE_FACTOR * np.maximum(loss, zero_weight_loss)
+    loss_limit = divergence_limit(loss, zero_weight_loss)
     epochs_recorded, w_records, loss_records = [], [], []
 
     def record(epoch):

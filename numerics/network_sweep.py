@@ -25,18 +25,19 @@ from __future__ import annotations
 import concurrent.futures
 import math
 import multiprocessing
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from unibias.numerics.data import DataStatistics
 from unibias.numerics.network import (
-    DIVERGENCE_FACTOR,
     NetworkConfig,
     NetworkWeights,
     _descent_direction,
     _forward,
+    _per_run,
+    divergence_limit,
+    divergence_reason,
     init_weights,
 )
 from unibias.numerics.phases import (
@@ -67,8 +68,8 @@ CHECK_INTERVAL = 32
 """Epochs between two checks of the loss and the thresholds of a batch.
 
 A run that finished or diverged inside a block keeps stepping until the
-block ends, at most ``CHECK_INTERVAL - 1`` extra epochs whose records are
-discarded; its result is that of a check at every epoch.
+block ends, for at most ``CHECK_INTERVAL - 1`` extra epochs. Their records
+are discarded, so the result is that of a check at every epoch.
 """
 
 
@@ -120,7 +121,7 @@ def train_network_sweep(
     ``t_a`` and ``t_b``. What differs is the batching. Runs with equal
     configurations go through a batch of ``batch_size`` slots. A run is done
     at ``continue_factor`` times the epochs it needed to cross both
-    thresholds, at ``config.epochs``, or when it diverges; it then leaves its
+    thresholds, at ``config.epochs``, or when it diverges. It then leaves its
     slot, and the next run takes the slot.
 
     Parameters
@@ -187,28 +188,6 @@ def train_network_sweep(
         for index, result in zip(share, output, strict=True):
             results[index] = result
     return results
-
-
-def _per_run(name: str, value, kind: type, count: int) -> list:
-    if isinstance(value, kind):
-        return [value] * count
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise TypeError(
-            f"{name} must be a {kind.__name__} or a sequence of them, got "
-            f"{type(value).__name__}"
-        )
-    values = list(value)
-    if len(values) != count:
-        raise ValueError(
-            f"{name} must hold one {kind.__name__} per seed ({count}), got "
-            f"{len(values)}"
-        )
-    for index, item in enumerate(values):
-        if not isinstance(item, kind):
-            raise TypeError(
-                f"{name}[{index}] must be a {kind.__name__}, got {type(item).__name__}"
-            )
-    return values
 
 
 def _run_in_processes(tasks, options) -> list:
@@ -308,7 +287,7 @@ class _RunStart:
 
 @dataclass
 class _Ending:
-    # How a run ends: its last epoch, and whether it diverged there.
+    # End of a run: its last epoch, and whether it diverged there.
     epoch: int
     diverged: bool
 
@@ -361,10 +340,7 @@ class _Slots:
         training = self.tracks[slot].training
         epoch = ending.epoch
         if ending.diverged:
-            reason = (
-                f"training diverged at epoch {epoch} (learning rate "
-                f"{config.learning_rate:g})"
-            )
+            reason = divergence_reason(epoch, config.learning_rate)
             leading = phase_targets(training, config.fusion_layer).leading_modality
             timing = PhaseTiming(None, None, None, leading, reason)
             return NetworkRunTiming(timing, seed, config, training, epoch, epoch)
@@ -422,10 +398,10 @@ class _Track:
     """Records and threshold bookkeeping of one run.
 
     ``check`` applies, epoch by epoch, the tests ``train_networks`` applies
-    after each step: the run diverged at the first epoch whose loss is not
-    finite or exceeds the limit; a modality counts as crossed from the first
+    after each step. The run diverged at the first epoch whose loss is not
+    finite or exceeds the limit. A modality counts as crossed from the first
     epoch (before any divergence) at which ``<W_tot, target> / ||target||^2``
-    reaches :data:`~unibias.numerics.phases.THRESHOLD_FRACTION`; once both
+    reaches :data:`~unibias.numerics.phases.THRESHOLD_FRACTION`. Once both
     are crossed at epoch ``e``, the run stops at
     ``min(ceil(continue_factor * e), config.epochs)``.
 
@@ -463,10 +439,13 @@ class _Track:
         )
 
     def check(self, epoch: int, continue_factor: float) -> _Ending | None:
+        """Test the records up to ``epoch``; return the run's end, if reached."""
         if self.loss_limit is None:
             zero_weight_loss = 0.5 * self.training.total_y_second_moment
             initial_loss = float(self._loss(self.records[0]))
-            self.loss_limit = DIVERGENCE_FACTOR * max(initial_loss, zero_weight_loss)
+            self.loss_limit = float(divergence_limit(initial_loss, zero_weight_loss))
+
+        # Divergence: the first record with a non-finite or too large loss.
         first = self.checked
         block = self.records[first : epoch + 1]
         loss = self._loss(block)
@@ -475,6 +454,8 @@ class _Track:
         bad = np.flatnonzero(~good)
         diverged_at = first + int(bad[0]) if bad.size else None
         usable = block[: bad[0]] if bad.size else block
+
+        # Thresholds, on the records before any divergence.
         if self.defined:
             fraction_a = np.sum(
                 usable[..., : self.dim_a] * self.target_a, axis=(-2, -1)
@@ -493,6 +474,7 @@ class _Track:
                     math.ceil(continue_factor * learned), self.max_epochs
                 )
         self.checked = epoch + 1
+
         if diverged_at is not None and diverged_at <= self.stop_epoch:
             return _Ending(diverged_at, True)
         if self.stop_epoch <= epoch:

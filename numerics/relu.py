@@ -52,7 +52,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from unibias.numerics.data import DataStatistics
-from unibias.numerics.network import DIVERGENCE_FACTOR
+from unibias.numerics.network import divergence_limit, divergence_reason
 from unibias.numerics.phases import (
     THRESHOLD_FRACTION,
     PhaseTiming,
@@ -312,7 +312,7 @@ def train_relu_network(
                         f"{init_scale:g} and width = {width}. Use a smaller "
                         "init_scale"
                     )
-                loss_limit = DIVERGENCE_FACTOR * max(loss, zero_weight_loss)
+                loss_limit = float(divergence_limit(loss, zero_weight_loss))
             elif not _is_stable(loss, loss_limit, first, second):
                 diverged_epoch = epoch
                 first, second = previous
@@ -365,8 +365,6 @@ def _is_stable(loss: float, loss_limit: float, first, second) -> bool:
     return all(np.all(np.isfinite(weights)) for weights in (*first, *second))
 
 
-def _divergence_reason(epoch: int, learning_rate: float) -> str:
-    return f"training diverged at epoch {epoch} (learning rate {learning_rate:g})"
 
 
 # ----------------------------------------------------------------------
@@ -541,7 +539,7 @@ def time_relu_toy(
                     fusion_layer,
                 )
             else:
-                reason = _divergence_reason(run.diverged_epoch, learning_rate)
+                reason = divergence_reason(run.diverged_epoch, learning_rate)
                 timing = PhaseTiming(
                     None, None, None, targets.leading_modality, reason
                 )
@@ -689,7 +687,7 @@ def time_relu_xor(
             reason = _xor_missing_reason(time_a, time_b, float(run.times[-1]))
         else:
             time_a = time_b = None
-            reason = _divergence_reason(run.diverged_epoch, learning_rate)
+            reason = divergence_reason(run.diverged_epoch, learning_rate)
         times_a.append(time_a)
         times_b.append(time_b)
         reasons.append(reason)

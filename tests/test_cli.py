@@ -289,14 +289,18 @@ def test_repeats_above_limit_rejected(capsys):
 def test_figure_backend_failure_is_one_line(tmp_path, capsys, monkeypatch):
     # matplotlib raises RuntimeError when a backend's tool is missing, for
     # example xelatex for .pgf figures.
-    import unibias.numerics.io
+    from matplotlib.figure import Figure
 
-    def missing_tool(figure, path, **options):
+    def missing_tool(figure, handle, **options):
         raise RuntimeError("'xelatex' not found")
 
-    monkeypatch.setattr(unibias.numerics.io, "atomic_savefig", missing_tool)
+    monkeypatch.setattr(Figure, "savefig", missing_tool)
     output = tmp_path / "q.pgf"
     status = main(["timing", "--methods", "reduced_ode", "--plot", str(output)])
     error = capsys.readouterr().err
     assert status == 1
-    assert error == f"unibias: error: cannot write {output}: 'xelatex' not found\n"
+    assert error == (
+        f"unibias: error: cannot write {output}: matplotlib failed to write a .pgf "
+        "figure: 'xelatex' not found\n"
+    )
+    assert not output.exists()

@@ -329,7 +329,7 @@ def test_grid_command_rejects_bad_range(tmp_path, capsys, option, value, message
 
 
 
-def test_grid_command_defaults_fusion_layer_to_depth_below_3(tmp_path, capsys):
+def test_grid_command_shallow_default_fusion(tmp_path, capsys):
     output = tmp_path / "shallow.csv"
     status = main(["grid", "--depth", "2", "--rho", "0", "--sigma-ratio", "2",
                    "--output", str(output)])

@@ -100,8 +100,8 @@ def test_divergence_epoch_matches_train_networks():
 
 def test_diverging_and_learning_runs_share_a_batch():
     # A learning rate of 0.7 diverges for some samples and initial weights
-    # and not for others, so the batch holds both kinds; each run must match
-    # its own reference.
+    # and not for others, so the batch contains both kinds. Each run must
+    # match its own reference.
     stats = DataStatistics.toy(0.3, 1.5)
     config = _small_config(2, learning_rate=0.7, init_scale=0.3, epochs=600)
     runs = [(stats, config, seed) for seed in range(6)]
@@ -109,7 +109,8 @@ def test_diverging_and_learning_runs_share_a_batch():
     for run, result in zip(runs, results, strict=True):
         _assert_same_as_alone(run, result, 1.5)
     diverged = [result.diverged_epoch is not None for result in results]
-    assert any(diverged) and not all(diverged)
+    assert any(diverged)
+    assert not all(diverged)
 
 
 def test_run_without_target_stops_at_last_epoch():
